@@ -1,0 +1,257 @@
+"""Run configuration: frozen dataclasses, YAML in and out, dotted overrides, unknown keys rejected.
+
+Every choice the paper does not publish lives here, in one place:
+
+* batch size 128 (CIFAR-10, Fashion-MNIST, synthetic) and 256 (ImageNet), test batch 512;
+* float baselines trained from scratch (CIFAR-10, Fashion-MNIST, synthetic): SGD momentum 0.9,
+  lr 0.1, weight decay 5e-4, cosine schedule, same epoch count as the quantized rows of the
+  profile; ImageNet's float row is torchvision's pretrained ResNet-18, evaluated (0 epochs);
+* quantized rows (the published recipe): start from the float model of the same dataset, profile
+  and seed, SGD momentum 0.9, lr 0.01, cosine schedule; weight decay 1e-4 on weights (the LSQ
+  paper's ImageNet value), none on step sizes, step-size lr factor 1;
+* profiles scale the work, never the method: ``paper`` (90 epochs, full data), ``quick`` (a
+  CPU-feasible real-data budget per dataset, below) and ``smoke`` (seconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import yaml
+
+from lsq.experiments import get_ablation, get_table
+from lsq.quantizer import Levels, format_levels, parse_levels
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or key; the message names it and how to fix it."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data_dir: str | None = None
+    train_subset: int | None = None  # first N of a fixed seeded permutation; None = all
+    test_subset: int | None = None
+    workers: int = 4  # ImageNet only: decoding worker processes
+    download: bool = False  # torchvision download where the internet is reachable
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int = 90
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"  # cosine | step | constant
+    step_size_lr_factor: float = 1.0
+    step_size_weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    weight_levels: str = "none"  # the seed table's notation, e.g. "[-1,0,1]"
+    act_levels: str = "none"
+    quantize_first_last: bool = False
+    per_channel: bool = False
+    init_scale: float = 1.0
+    init_method: str = "lsq"  # lsq | maxabs
+    grad_scale: bool = True
+
+    @property
+    def weight_range(self) -> Levels | None:
+        return parse_levels(self.weight_levels)
+
+    @property
+    def act_range(self) -> Levels | None:
+        return parse_levels(self.act_levels)
+
+    @property
+    def is_float(self) -> bool:
+        return self.weight_range is None and self.act_range is None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dataset: str = "synthetic"
+    row: int = 0
+    profile: str = "smoke"
+    seed: int = 0
+    ablation: str | None = None
+    model: str = "resnet20"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # bf16 autocast
+    channels_last: bool = False
+    compile_model: bool = False  # torch.compile the whole model (CUDA fast path)
+    pretrained_weights: str | None = None  # ImageNet row 0: local torchvision weights file
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+
+    @property
+    def run_name(self) -> str:
+        return f"row{self.row}" + (f"-{self.ablation}" if self.ablation else "")
+
+    def run_dir(self, runs_dir: str | Path) -> Path:
+        """``<runs>/<dataset>/<profile>/row<k>[-<ablation>]/seed<s>``."""
+        return Path(runs_dir) / self.dataset / self.profile / self.run_name / f"seed{self.seed}"
+
+    def baseline(self) -> "RunConfig":
+        """The float run a quantized row starts from (same dataset, profile, seed)."""
+        return make_config(self.dataset, 0, self.profile, self.seed)
+
+    # --- YAML ------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        return _from_dict(cls, data, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RunConfig":
+        with open(path) as handle:
+            data = yaml.safe_load(handle)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} does not hold a YAML mapping")
+        return cls.from_dict(data)
+
+    def with_overrides(self, *overrides: str) -> "RunConfig":
+        """Apply ``"optim.lr=0.02"``-style overrides; unknown keys and bad values raise."""
+        config = self
+        for override in overrides:
+            key, sep, raw = override.partition("=")
+            if not sep:
+                raise ConfigError(f"override {override!r} must look like key=value, e.g. optim.lr=0.02")
+            config = _set_path(config, key.strip().split("."), yaml.safe_load(raw), key)
+        return config
+
+
+def _field_types(cls) -> dict[str, object]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value, annotation, key: str):
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (list, tuple)):  # YAML reads [-1,0,1] as a list
+            return "[" + ",".join(str(v) for v in value) + "]"
+        return str(value)
+    return value
+
+
+def _from_dict(cls, data: dict, prefix: str):
+    types = _field_types(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix + unknown[0]!r}; valid keys here: {sorted(known)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        annotation = types[name]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name} must be a mapping")
+            kwargs[name] = _from_dict(annotation, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, annotation, prefix + name)
+    return cls(**kwargs)
+
+
+def _set_path(obj, parts: list[str], value, key: str):
+    names = {f.name for f in fields(obj)}
+    if parts[0] not in names:
+        raise ConfigError(f"unknown config key {key!r}; valid keys here: {sorted(names)}")
+    annotation = _field_types(type(obj))[parts[0]]
+    if len(parts) == 1:
+        if dataclasses.is_dataclass(annotation):
+            raise ConfigError(f"{key} is a section; set one of its keys, e.g. {key}.<name>=...")
+        return replace(obj, **{parts[0]: _coerce(value, annotation, key)})
+    child = getattr(obj, parts[0])
+    if not dataclasses.is_dataclass(child):
+        raise ConfigError(f"unknown config key {key!r}: {parts[0]} has no sub-keys")
+    return replace(obj, **{parts[0]: _set_path(child, parts[1:], value, key)})
+
+
+# --- profiles --------------------------------------------------------------------------------
+
+PROFILES = ("paper", "quick", "smoke")
+
+# Per dataset and profile: epochs of the float baseline and of the quantized rows, subsets.
+# quick budgets were chosen to fit a 2-core CPU (see README, "Profiles").
+_BUDGETS: dict[tuple[str, str], dict] = {
+    ("cifar10", "paper"): dict(float_epochs=90, quant_epochs=90),
+    ("cifar10", "quick"): dict(float_epochs=10, quant_epochs=5),
+    ("imagenet", "paper"): dict(float_epochs=0, quant_epochs=90),
+    ("imagenet", "quick"): dict(float_epochs=0, quant_epochs=1, train_subset=25600, test_subset=10000),
+    ("fashion-mnist", "paper"): dict(float_epochs=90, quant_epochs=90),
+    ("fashion-mnist", "quick"): dict(float_epochs=4, quant_epochs=2, train_subset=10000),
+    ("synthetic", "paper"): dict(float_epochs=90, quant_epochs=90),
+    ("synthetic", "quick"): dict(float_epochs=3, quant_epochs=2, train_subset=2048, test_subset=1024),
+}
+_SMOKE = dict(float_epochs=1, quant_epochs=1, train_subset=256, test_subset=256, batch_size=64)
+_BATCH = {"imagenet": 256}
+
+
+def make_config(
+    dataset: str, row: int, profile: str = "smoke", seed: int = 0, ablation: str | None = None
+) -> RunConfig:
+    """The configuration of one table row (optionally an ablation of it) under a profile."""
+    table = get_table(dataset)
+    table_row = table.row(row)
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
+    budget = _SMOKE if profile == "smoke" else _BUDGETS[(dataset, profile)]
+    is_float = table_row.is_float
+    epochs = budget["float_epochs" if is_float else "quant_epochs"]
+    if dataset == "imagenet" and is_float:
+        epochs = 0  # torchvision's pretrained model, evaluated
+    optim = OptimConfig(
+        epochs=epochs,
+        batch_size=budget.get("batch_size", _BATCH.get(dataset, 128)),
+        lr=table_row.lr_base,
+        weight_decay=5e-4 if is_float else 1e-4,
+    )
+    quant = QuantConfig(
+        weight_levels=format_levels(table_row.constr_w),
+        act_levels=format_levels(table_row.constr_a),
+        quantize_first_last=table_row.quan_lr,
+    )
+    data = DataConfig(train_subset=budget.get("train_subset"), test_subset=budget.get("test_subset"))
+    config = RunConfig(
+        dataset=dataset, row=row, profile=profile, seed=seed, model=table.model,
+        data=data, optim=optim, quant=quant,
+    )
+    if ablation is not None:
+        if is_float:
+            raise ConfigError("ablations apply to quantized rows (1-4), not the float row 0")
+        config = replace(config.with_overrides(*get_ablation(ablation).overrides), ablation=ablation)
+    return config

@@ -1,0 +1,96 @@
+"""Turn a float model into an LSQ model: swap Conv2d/Linear for QConv2d/QLinear in place.
+
+Placement (the seed table's ``quan_lr`` column is ``quantize_first_last``):
+
+* every Conv2d / Linear except the first conv and the last linear: weight quantized with
+  ``weight_levels`` and, when ``act_levels`` is given, input quantized with ``act_levels``
+  (inputs are post-ReLU in the ResNets, so unsigned levels fit);
+* ``quantize_first_last=False``: the first conv and the last linear stay fully float;
+* ``quantize_first_last=True``: their weights are quantized with ``weight_levels`` and the last
+  linear's input with ``act_levels``; the first conv's input is the normalised image (signed,
+  not a ReLU output) and stays float.
+
+The first and last layer are chosen by module name (``model.first_last_layers``, set by the model
+registry, or the ``first_last_names`` argument), never by shape.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from lsq.layers import QConv2d, QLinear
+from lsq.quantizer import Levels, LsqQuantizer, check_levels
+
+
+def _first_last_names(model: nn.Module, names: tuple[str, str] | None) -> tuple[str, str]:
+    names = names or getattr(model, "first_last_layers", None)
+    if names is None:
+        raise ValueError(
+            "quantize_model needs the first conv and last linear layer names: pass "
+            "first_last_names=('conv1', 'fc') or set model.first_last_layers"
+        )
+    modules = dict(model.named_modules())
+    for name in names:
+        if name not in modules:
+            raise ValueError(f"first/last layer {name!r} is not a module of the model")
+    return tuple(names)
+
+
+def quantize_model(
+    model: nn.Module,
+    *,
+    weight_levels: Levels = (-1, 1),
+    act_levels: Levels | None = None,
+    quantize_first_last: bool = False,
+    per_channel: bool = False,
+    first_last_names: tuple[str, str] | None = None,
+    **quantizer_options,
+) -> nn.Module:
+    """Replace every Conv2d/Linear of ``model`` in place with its quantized twin; returns it.
+
+    ``quantizer_options`` (``init_scale``, ``init_method``, ``use_grad_scale``) go to every
+    :class:`~lsq.quantizer.LsqQuantizer` (ablations).
+    """
+    weight_levels = check_levels(*weight_levels)
+    if act_levels is not None:
+        act_levels = check_levels(*act_levels)
+    first, last = _first_last_names(model, first_last_names)
+
+    def weight_quantizer(module):
+        return LsqQuantizer(*weight_levels, kind="weight", per_channel=per_channel,
+                            num_channels=module.weight.shape[0] if per_channel else None,
+                            **quantizer_options)
+
+    def input_quantizer():
+        if act_levels is None:
+            return None
+        return LsqQuantizer(*act_levels, kind="activation", **quantizer_options)
+
+    replacements = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (QConv2d, QLinear)) or not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        if name in (first, last) and not quantize_first_last:
+            continue
+        quantize_input = name != first
+        twin = QConv2d if isinstance(module, nn.Conv2d) else QLinear
+        replacements[name] = twin.from_float(
+            module,
+            weight_quantizer=weight_quantizer(module),
+            input_quantizer=input_quantizer() if quantize_input else None,
+        )
+    for name, replacement in replacements.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, replacement)
+    return model
+
+
+def quantizers(model: nn.Module):
+    """``(name, LsqQuantizer)`` pairs of a converted model, in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LsqQuantizer)]
+
+
+def step_size_parameters(model: nn.Module):
+    """Names of the step-size parameters (selected by name, for optimizer groups)."""
+    return [name for name, _ in model.named_parameters() if name.endswith("step_size")]

@@ -1,0 +1,349 @@
+"""Learned Step Size Quantization (Esser et al., 2019, arXiv 1902.08153).
+
+Forward, with integer levels ``q_min..q_max`` (``Q_N = -q_min``, ``Q_P = q_max``)::
+
+    v_hat = round(clip(v / s, q_min, q_max)) * s
+
+Backward (the paper's eq. 3 and the straight-through estimator with the clip mask)::
+
+    d v_hat / d v = 1                    if q_min <= v/s <= q_max, else 0
+    d v_hat / d s = round(v/s) - v/s     if q_min <= v/s <= q_max
+                  = q_min                if v/s < q_min
+                  = q_max                if v/s > q_max
+
+and the step-size gradient is multiplied by ``g = 1 / sqrt(N * Q_P)``, where ``N`` is the number
+of weights sharing the step size (per channel: weights per output channel) for a weight
+quantizer, and the number of features per example (``numel / batch``) for an activation
+quantizer.
+
+Initialisation, on the first forward in training mode::
+
+    s = 2 * mean(|v|) / sqrt(Q_P)
+
+Level sets are plain ``(q_min, q_max)`` pairs: ternary ``[-1, 0, 1]`` is ``(-1, 1)`` and 2-bit
+unsigned ``[0, 1, 2, 3]`` is ``(0, 3)``; :func:`signed_levels` and :func:`unsigned_levels` build
+the general b-bit ranges.
+
+Speed: the forward is one fused pass and the backward one fused pass plus a reduction, produced by
+``torch.compile`` of the two small functions below; when compilation is unavailable (no C++
+compiler, unsupported platform, ``LSQ_COMPILE=0``) the same functions run eagerly. Both paths are
+checked against ``torch.autograd.gradcheck`` and a reference in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Literal
+
+import torch
+from torch import nn
+
+Levels = tuple[int, int]
+
+TERNARY: Levels = (-1, 1)
+UNSIGNED_2BIT: Levels = (0, 3)
+
+# A zero step size would divide by zero (an all-zero weight tensor initialises to s = 0). This
+# floor is far below any step size that quantizes a real tensor, so it never changes a result,
+# but it keeps v / s finite and s positive whatever the optimizer does.
+MIN_STEP_SIZE = 1e-8
+
+QuantizerKind = Literal["weight", "activation"]
+InitMethod = Literal["lsq", "maxabs"]
+
+
+def check_levels(q_min: int, q_max: int) -> Levels:
+    """Validate an integer level range and return it as a ``(q_min, q_max)`` tuple."""
+    for name, value in (("q_min", q_min), ("q_max", q_max)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer level, got {value!r}")
+    if q_min >= q_max:
+        raise ValueError(f"q_min must be smaller than q_max, got q_min={q_min}, q_max={q_max}")
+    if q_max < 1:
+        raise ValueError(
+            f"Q_P = q_max must be at least 1 (the paper's grad scale and init divide by "
+            f"sqrt(Q_P)), got q_max={q_max}"
+        )
+    if q_min > 0:
+        raise ValueError(f"q_min must be <= 0 so that zero is representable, got q_min={q_min}")
+    return (q_min, q_max)
+
+
+def signed_levels(bits: int, *, narrow: bool = False) -> Levels:
+    """b-bit two's-complement levels ``[-2^(b-1), 2^(b-1) - 1]``; narrow drops the lowest.
+
+    ``signed_levels(2, narrow=True) == TERNARY``.
+    """
+    if bits < 2:
+        raise ValueError(f"signed levels need at least 2 bits, got {bits}")
+    q_max = 2 ** (bits - 1) - 1
+    return check_levels(-q_max if narrow else -q_max - 1, q_max)
+
+
+def unsigned_levels(bits: int) -> Levels:
+    """b-bit unsigned levels ``[0, 2^b - 1]`` for post-ReLU activations."""
+    if bits < 1:
+        raise ValueError(f"unsigned levels need at least 1 bit, got {bits}")
+    return check_levels(0, 2**bits - 1)
+
+
+def parse_levels(text: str | None) -> Levels | None:
+    """Parse the published table's notation: ``"[-1,0,1]"`` -> ``(-1, 1)``; ``"none"`` -> None."""
+    if text is None or text.strip().lower() in ("none", "", "float"):
+        return None
+    body = text.strip().strip("[]")
+    try:
+        values = [int(part) for part in body.split(",")]
+    except ValueError:
+        raise ValueError(f"cannot parse level set {text!r}; expected e.g. '[-1,0,1]' or 'none'")
+    if values != list(range(values[0], values[-1] + 1)):
+        raise ValueError(f"level set {text!r} must list consecutive integers")
+    return check_levels(values[0], values[-1])
+
+
+def format_levels(levels: Levels | None) -> str:
+    """Inverse of :func:`parse_levels`: ``(-1, 1)`` -> ``"[-1,0,1]"``."""
+    if levels is None:
+        return "none"
+    return "[" + ",".join(str(v) for v in range(levels[0], levels[1] + 1)) + "]"
+
+
+# --- the two fused kernels ------------------------------------------------------------------
+
+
+def _fake_quantize(x: torch.Tensor, s: torch.Tensor, q_min: int, q_max: int) -> torch.Tensor:
+    return (torch.clamp(x / s, q_min, q_max).round() * s).to(x.dtype)
+
+
+def _fake_quantize_backward(
+    grad: torch.Tensor, x: torch.Tensor, s: torch.Tensor, q_min: int, q_max: int, per_channel: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r = x / s
+    inside = (r >= q_min) & (r <= q_max)
+    q = torch.clamp(r, q_min, q_max).round()
+    grad_x = torch.where(inside, grad, torch.zeros_like(grad))
+    # Outside the range r is clipped to q, so "q - r" would be 0 there; the paper's gradient is
+    # the clipped level itself.
+    grad_s_terms = grad.float() * torch.where(inside, q - r, q).float()
+    if per_channel:
+        grad_s = grad_s_terms.flatten(1).sum(1)
+    else:
+        grad_s = grad_s_terms.sum()
+    return grad_x, grad_s
+
+
+def compile_enabled() -> bool:
+    """``LSQ_COMPILE=0`` turns the compiled kernels off (debugging, exotic platforms)."""
+    return os.environ.get("LSQ_COMPILE", "1") not in ("0", "false", "no", "off")
+
+
+class _CompiledOrEager:
+    """Calls ``torch.compile(fn)`` and falls back to ``fn`` for good if compilation fails."""
+
+    def __init__(self, fn):
+        self.eager = fn
+        self.compiled = None
+        self.failed = False
+
+    def __call__(self, *args):
+        if self.failed or not compile_enabled():
+            return self.eager(*args)
+        try:
+            if self.compiled is None:
+                self.compiled = torch.compile(self.eager, dynamic=True, fullgraph=True)
+            return self.compiled(*args)
+        except Exception as error:  # noqa: BLE001 - any compiler failure means "run eagerly"
+            self.failed = True
+            warnings.warn(
+                f"torch.compile of the LSQ kernel failed ({type(error).__name__}: {error}); "
+                "falling back to eager PyTorch ops (slower, same results).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return self.eager(*args)
+
+
+fake_quantize_kernel = _CompiledOrEager(_fake_quantize)
+fake_quantize_backward_kernel = _CompiledOrEager(_fake_quantize_backward)
+
+
+def _flat(x: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """A 1-D (per tensor) or 2-D ``(C, -1)`` (per channel) view, so the compiled kernels see
+    only two shapes whatever the layer; channels-last activations flatten in memory order."""
+    if per_channel:
+        return x.reshape(x.shape[0], -1)
+    if _is_channels_last(x):
+        return x.permute(0, 2, 3, 1).reshape(-1)
+    return x.reshape(-1)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _unflat(flat: torch.Tensor, shape: torch.Size, channels_last: bool) -> torch.Tensor:
+    if channels_last:
+        n, c, h, w = shape
+        return flat.view(n, h, w, c).permute(0, 3, 1, 2)
+    return flat.view(shape)
+
+
+class LsqFunction(torch.autograd.Function):
+    """``v_hat = round(clip(v / s, q_min, q_max)) * s`` with the paper's gradients.
+
+    ``s`` is a 0-d tensor (per tensor) or has one entry per row of ``x`` (per channel); the
+    returned step-size gradient has ``s``'s shape and is multiplied by ``grad_scale``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, s, q_min: int, q_max: int, grad_scale: float):
+        per_channel = s.dim() > 0
+        # detach(): the kernels must see plain tensors (a Parameter would be another compiled
+        # variant) and views never leave this function.
+        flat = _flat(x.detach(), per_channel)
+        s_b = s.detach().reshape(-1, 1) if per_channel else s.detach()
+        ctx.save_for_backward(flat, s_b)
+        ctx.levels = (q_min, q_max)
+        ctx.grad_scale = grad_scale
+        ctx.per_channel = per_channel
+        ctx.shape = x.shape
+        ctx.channels_last = not per_channel and _is_channels_last(x)
+        return _unflat(fake_quantize_kernel(flat, s_b, q_min, q_max), x.shape, ctx.channels_last)
+
+    @staticmethod
+    def backward(ctx, grad):
+        flat, s_b = ctx.saved_tensors
+        q_min, q_max = ctx.levels
+        memory_format = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        grad = grad.to(flat.dtype).contiguous(memory_format=memory_format)
+        grad_x, grad_s = fake_quantize_backward_kernel(
+            _flat(grad, ctx.per_channel), flat, s_b, q_min, q_max, ctx.per_channel
+        )
+        grad_s = (grad_s * ctx.grad_scale).reshape(s_b.shape[:1] if ctx.per_channel else ())
+        return _unflat(grad_x, ctx.shape, ctx.channels_last), grad_s.to(s_b.dtype), None, None, None
+
+
+def lsq_fake_quantize(
+    x: torch.Tensor, s: torch.Tensor, q_min: int, q_max: int, grad_scale: float
+) -> torch.Tensor:
+    """Functional LSQ: ``s`` is 0-d (per tensor) or 1-d with one entry per row of ``x``."""
+    return LsqFunction.apply(x, s, q_min, q_max, grad_scale)
+
+
+class LsqQuantizer(nn.Module):
+    """Learned-step-size fake quantizer; see the module docstring for the math.
+
+    Args:
+        q_min, q_max: integer level range, e.g. ``(-1, 1)`` ternary, ``(0, 3)`` 2-bit unsigned.
+        kind: ``"weight"`` (N = weights per step size) or ``"activation"`` (N = features per
+            example, one step size per tensor).
+        per_channel: one step size per output channel (dim 0); weights only.
+        num_channels: number of output channels, required with ``per_channel`` so that the
+            ``step_size`` parameter has its final shape before any optimizer sees it.
+        init_scale: multiplies the initial step size (ablations; 1 is the paper).
+        init_method: ``"lsq"`` (the paper's ``2 mean|v| / sqrt(Q_P)``) or ``"maxabs"``
+            (``max|v| / Q_P``: the whole range representable, no clipping at init).
+        use_grad_scale: multiply the step-size gradient by ``g`` (the paper); off for ablations.
+    """
+
+    def __init__(
+        self,
+        q_min: int,
+        q_max: int,
+        *,
+        kind: QuantizerKind = "weight",
+        per_channel: bool = False,
+        num_channels: int | None = None,
+        init_scale: float = 1.0,
+        init_method: InitMethod = "lsq",
+        use_grad_scale: bool = True,
+    ):
+        super().__init__()
+        if init_method not in ("lsq", "maxabs"):
+            raise ValueError(f"init_method must be 'lsq' or 'maxabs', got {init_method!r}")
+        if not (math.isfinite(init_scale) and init_scale > 0):
+            raise ValueError(f"init_scale must be a positive finite number, got {init_scale!r}")
+        self.init_scale = float(init_scale)
+        self.init_method = init_method
+        self.use_grad_scale = use_grad_scale
+        self.q_min, self.q_max = check_levels(q_min, q_max)
+        if kind not in ("weight", "activation"):
+            raise ValueError(f"kind must be 'weight' or 'activation', got {kind!r}")
+        if per_channel and kind == "activation":
+            raise ValueError("per-channel step sizes are for weights; activations use one per tensor")
+        if per_channel and (num_channels is None or num_channels < 1):
+            raise ValueError("per_channel=True needs num_channels (the weight's output channels)")
+        self.kind = kind
+        self.per_channel = per_channel
+        shape = (num_channels,) if per_channel else ()
+        self.step_size = nn.Parameter(torch.ones(shape))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        # Mirror of the buffer so the hot path never reads a device tensor (a host sync on CUDA).
+        self._initialized = False
+
+    @property
+    def q_p(self) -> int:
+        return self.q_max
+
+    def extra_repr(self) -> str:
+        channels = f", per_channel={self.step_size.numel()}" if self.per_channel else ""
+        extra = "" if self.init_method == "lsq" and self.init_scale == 1.0 else (
+            f", init={self.init_method}x{self.init_scale:g}")
+        extra += "" if self.use_grad_scale else ", grad_scale=off"
+        return f"levels=[{self.q_min}..{self.q_max}], kind={self.kind}{channels}{extra}"
+
+    def grad_scale(self, x: torch.Tensor) -> float:
+        """``g = 1 / sqrt(N * Q_P)`` (1 when ``use_grad_scale`` is off)."""
+        if not self.use_grad_scale:
+            return 1.0
+        if self.kind == "weight":
+            n = x.numel() // x.shape[0] if self.per_channel else x.numel()
+        else:
+            n = x[0].numel() if x.dim() > 1 else x.numel()
+        return 1.0 / math.sqrt(max(n, 1) * self.q_p)
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        """``s = 2 * mean(|v|) / sqrt(Q_P)`` (per channel: per output channel), times init_scale."""
+        v = x.detach().float().abs()
+        v = v.flatten(1) if self.per_channel else v.reshape(1, -1)
+        if self.init_method == "lsq":
+            init = 2.0 * v.mean(1) / math.sqrt(self.q_p)
+        else:
+            init = v.amax(1) / self.q_p
+        init = (init * self.init_scale).clamp_min(MIN_STEP_SIZE)
+        self.step_size.copy_(init.reshape(self.step_size.shape))
+        self.initialized.fill_(True)
+        self._initialized = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._initialized = bool(self.initialized)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._initialized:
+            if not self.training:
+                raise RuntimeError(
+                    "LsqQuantizer used in eval mode before its step size was initialised: run "
+                    "one training-mode forward (calibration batch) or load a checkpoint first"
+                )
+            self.initialize(x)
+        # Kept positive here and not only at init: see MIN_STEP_SIZE.
+        s = self.step_size.clamp_min(MIN_STEP_SIZE)
+        return lsq_fake_quantize(x, s, self.q_min, self.q_max, self.grad_scale(x))
+
+    @torch.no_grad()
+    def integer_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """The integer levels ``round(clip(v / s))`` as int16 (export, sparsity).
+
+        Derived from the forward's own output so that ``codes * s`` reproduces it bit for bit,
+        whichever kernel (compiled or eager) produced it.
+        """
+        if not self._initialized:
+            raise RuntimeError("integer_codes needs an initialised step size")
+        s = self.step_size.clamp_min(MIN_STEP_SIZE)
+        s_b = s.reshape(-1, *([1] * (x.dim() - 1))) if self.per_channel else s
+        v_hat = lsq_fake_quantize(x, s, self.q_min, self.q_max, 1.0)
+        return (v_hat / s_b).round().to(torch.int16)
