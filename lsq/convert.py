@@ -39,7 +39,7 @@ def _first_last_names(model: nn.Module, names: tuple[str, str] | None) -> tuple[
 def quantize_model(
     model: nn.Module,
     *,
-    weight_levels: Levels = (-1, 1),
+    weight_levels: Levels | None = (-1, 1),
     act_levels: Levels | None = None,
     quantize_first_last: bool = False,
     per_channel: bool = False,
@@ -51,12 +51,17 @@ def quantize_model(
     ``quantizer_options`` (``init_scale``, ``init_method``, ``use_grad_scale``) go to every
     :class:`~lsq.quantizer.LsqQuantizer` (ablations).
     """
-    weight_levels = check_levels(*weight_levels)
+    if weight_levels is None and act_levels is None:
+        raise ValueError("quantize_model needs weight_levels or act_levels (or both)")
+    if weight_levels is not None:
+        weight_levels = check_levels(*weight_levels)
     if act_levels is not None:
         act_levels = check_levels(*act_levels)
     first, last = _first_last_names(model, first_last_names)
 
     def weight_quantizer(module):
+        if weight_levels is None:
+            return None
         return LsqQuantizer(*weight_levels, kind="weight", per_channel=per_channel,
                             num_channels=module.weight.shape[0] if per_channel else None,
                             **quantizer_options)

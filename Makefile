@@ -1,0 +1,115 @@
+# LSQ reproducibility report: `make help` lists every target and variable.
+SHELL := bash
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+.SUFFIXES:
+
+PYTHON_BOOT ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+
+RUNS     ?= runs
+SEEDS    ?= 0
+DEVICE   ?= auto
+DATA_DIR ?=
+PROFILE  ?=
+ABLATION_SEEDS ?= 0 1
+TRAIN_ARGS ?=
+REPORT_ARGS ?=
+
+# PROFILE wins when set; otherwise each table has its own default.
+profile_of = $(if $(PROFILE),$(PROFILE),$(or $($(1)_PROFILE),smoke))
+cifar10_PROFILE       := paper
+imagenet_PROFILE      := paper
+fashion-mnist_PROFILE := quick
+synthetic_PROFILE     := smoke
+
+TRAIN = $(PY) -m lsq train --device $(DEVICE) --runs-dir $(RUNS) --no-progress \
+        $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(TRAIN_ARGS)
+
+##@ Setup
+.PHONY: help setup
+help: ## list targets and variables
+	@echo "LSQ reproducibility report (arXiv 1902.08153)"
+	@echo
+	@awk 'BEGIN {FS = ":.*## "} /^##@/ {printf "\n%s\n", substr($$0, 5)} \
+	     /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo
+	@echo "Variables (make VAR=value ...):"
+	@echo "  PROFILE         paper | quick | smoke (default: paper for cifar10/imagenet, quick for fashion-mnist, smoke for synthetic)"
+	@echo "  SEEDS           seeds to train, space-separated (default: $(SEEDS))"
+	@echo "  DEVICE          auto | cpu | cuda | cuda:N (default: $(DEVICE))"
+	@echo "  DATA_DIR        dataset directory (default: data/<dataset>; Fashion-MNIST also /usr/share/datasets/fashion-mnist)"
+	@echo "  RUNS            run directory root (default: $(RUNS))"
+	@echo "  ABLATION_SEEDS  seeds of the ablation runs (default: $(ABLATION_SEEDS))"
+	@echo "  TRAIN_ARGS      extra arguments for every 'python -m lsq train' (e.g. --amp, --weights FILE)"
+
+$(STAMP): pyproject.toml
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+setup: $(STAMP) ## create .venv/ and install the project (torch, torchvision, pandas, ...)
+
+##@ Training (file targets on each run's summary.json: finished runs never rerun, interrupted ones resume)
+# $(1) dataset, $(2) profile, $(3) seed, $(4) row
+define RUN_RULE
+$(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json: $(if $(filter-out 0,$(4)),$(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json) | $(STAMP) check-$(1)
+	$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4)
+endef
+# $(1) dataset, $(2) profile, $(3) seed, $(4) row, $(5) ablation
+define ABLATION_RULE
+$(RUNS)/$(1)/$(2)/row$(4)-$(5)/seed$(3)/summary.json: $(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json | $(STAMP) check-$(1)
+	$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4) --ablation $(5)
+endef
+
+DATASETS := cifar10 imagenet fashion-mnist synthetic
+ROWS     := 0 1 2 3 4
+ABLATIONS := init-x0.25 init-x4 init-maxabs steplr-x0.1 steplr-x10 no-gradscale sched-step sched-constant
+ABLATION_ROWS := 1 3
+table_targets = $(foreach s,$(SEEDS),$(foreach r,$(ROWS),$(RUNS)/$(1)/$(call profile_of,$(1))/row$(r)/seed$(s)/summary.json))
+
+$(foreach d,$(DATASETS),$(foreach s,$(sort $(SEEDS) $(ABLATION_SEEDS)),$(foreach r,$(ROWS),\
+  $(eval $(call RUN_RULE,$(d),$(call profile_of,$(d)),$(s),$(r))))))
+$(foreach s,$(ABLATION_SEEDS),$(foreach r,$(ABLATION_ROWS),$(foreach a,$(ABLATIONS),\
+  $(eval $(call ABLATION_RULE,fashion-mnist,$(call profile_of,fashion-mnist),$(s),$(r),$(a))))))
+
+.PHONY: cifar10 imagenet fashion-mnist synthetic ablations $(addprefix check-,$(DATASETS))
+cifar10: $(call table_targets,cifar10) ## CIFAR-10 ResNet-20 table: rows 0-4 x SEEDS (needs data/cifar10)
+imagenet: $(call table_targets,imagenet) ## ImageNet ResNet-18 table: rows 0-4 x SEEDS (needs data/imagenet, --weights)
+fashion-mnist: $(call table_targets,fashion-mnist) ## Fashion-MNIST ResNet-20 table (real data, offline)
+synthetic: $(call table_targets,synthetic) ## synthetic CIFAR-shaped data table (smoke/timing only)
+ablations: $(foreach s,$(ABLATION_SEEDS),$(foreach r,$(ABLATION_ROWS),$(foreach a,$(ABLATIONS),$(RUNS)/fashion-mnist/$(call profile_of,fashion-mnist)/row$(r)-$(a)/seed$(s)/summary.json))) ## Fashion-MNIST ablations: step-size init, step-size lr, lr schedule
+
+# Fails at once, with where the data is expected and how to get it, before any run starts.
+$(addprefix check-,$(DATASETS)): check-%: | $(STAMP)
+	@$(PY) -m lsq check-data --dataset $* $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+##@ Report
+.PHONY: report notebooks smoke
+report: | $(STAMP) ## render report/*.md and report/site/ from whatever runs exist (missing rows: "not run")
+	$(PY) -m lsq report --runs-dir $(RUNS) --out report $(REPORT_ARGS)
+
+notebooks: | $(STAMP) ## execute the papermill notebooks into report/site/notebooks/
+	$(PY) -m lsq report --runs-dir $(RUNS) --out report --notebooks-only
+
+smoke: ## whole pipeline on synthetic data, smoke profile, 2 seeds, to report/site/ (a few minutes on a CPU)
+	$(MAKE) synthetic PROFILE=smoke SEEDS="0 1" DEVICE=$(DEVICE) RUNS=$(RUNS)
+	$(MAKE) report RUNS=$(RUNS)
+	@echo "open report/site/index.html"
+
+##@ Checks
+.PHONY: test bench clean
+test: | $(STAMP) ## run the test suite (installs what it needs first)
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+bench: | $(STAMP) ## benchmarks: quantizer step cost, data path, training throughput
+	$(PY) -m lsq bench quantizer
+	$(PY) -m lsq bench data
+	$(PY) -m lsq bench train
+
+clean: ## remove generated report files and synthetic/smoke runs (keeps committed real runs)
+	rm -rf report/site report/generated report/*.md report/screenshot.png $(RUNS)/synthetic

@@ -1,0 +1,141 @@
+"""Command line: ``python -m lsq {train,report,export,bench,rows} ...``.
+
+Thin by design: parse, build a config, call one function. Bad input ends with one ``error:`` line
+naming the problem and the fix, and exit status 2 (``LSQ_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+
+from lsq.config import PROFILES, ConfigError, make_config
+from lsq.experiments import ABLATIONS, TABLES
+
+BENCHES = ("quantizer", "data", "train")
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train (or resume) one table row into a run directory",
+                       description="Train one row of a table. Finished runs are skipped; "
+                                   "interrupted runs resume from their checkpoint.")
+    p.add_argument("--dataset", required=True, choices=sorted(TABLES))
+    p.add_argument("--row", required=True, type=int, help="0 = float baseline, 1-4 = LSQ rows")
+    p.add_argument("--profile", default="smoke", choices=PROFILES,
+                   help="paper (as published), quick (CPU-feasible real-data budget), smoke (seconds)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ablation", choices=[a.name for a in ABLATIONS], help="run an ablation of the row")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--data-dir", help="dataset location (default: data/<dataset>, or $LSQ_DATA_DIR/<dataset>)")
+    p.add_argument("--download", action="store_true", help="download CIFAR-10 / Fashion-MNIST (needs internet)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--epochs", type=int, help="override the profile's epoch count")
+    p.add_argument("--batch-size", type=int, help="override the training batch size")
+    p.add_argument("--lr", type=float, help="override the base learning rate")
+    p.add_argument("--workers", type=int, help="data-loading processes (ImageNet)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile the whole model")
+    p.add_argument("--weights", help="ImageNet row 0: local torchvision weights file, or IMAGENET1K_V1")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted config override, e.g. --set optim.weight_decay=5e-5 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def _config_from_args(args):
+    config = make_config(args.dataset, args.row, args.profile, args.seed, args.ablation)
+    overrides = list(args.set)
+    for flag, key in (("data_dir", "data.data_dir"), ("epochs", "optim.epochs"),
+                      ("batch_size", "optim.batch_size"), ("lr", "optim.lr"),
+                      ("workers", "data.workers"), ("weights", "pretrained_weights")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    config = config.with_overrides(*overrides)
+    return replace(config, device=args.device, amp=args.amp or config.amp,
+                   channels_last=args.channels_last or config.channels_last,
+                   compile_model=args.compile or config.compile_model,
+                   data=replace(config.data, download=args.download or config.data.download))
+
+
+def _train(args) -> int:
+    from lsq.train import fit
+
+    config = _config_from_args(args)
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
+    fit(config, args.runs_dir, progress=not args.no_progress)
+    return 0
+
+
+def _rows(args) -> int:
+    """Print the run directories of a table (used by the Makefile to list its targets)."""
+    from pathlib import Path
+
+    rows = [int(r) for r in args.rows.split(",")] if args.rows else [r.id for r in TABLES[args.dataset].rows]
+    for seed in args.seeds.split(","):
+        for row in rows:
+            config = make_config(args.dataset, row, args.profile, int(seed))
+            print(config.run_dir(Path(args.runs_dir)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lsq", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+
+    p = sub.add_parser("report", help="render the report (markdown + HTML site) from runs/",
+                       add_help=False)
+    p = sub.add_parser("export", help="export a finished run's integer weights")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="output file (default: RUN_DIR/export.pt)")
+
+    p = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHES), add_help=False)
+    p.add_argument("name", choices=BENCHES)
+
+    p = sub.add_parser("rows", help="list the run directories of a table")
+    p.add_argument("--dataset", required=True, choices=sorted(TABLES))
+    p.add_argument("--profile", default="smoke", choices=PROFILES)
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--rows", help="comma-separated row ids (default: all)")
+    p.add_argument("--runs-dir", default="runs")
+
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if args.command == "report":
+            from lsq.report import main as report_main
+            return report_main(rest)
+        if args.command == "bench":
+            import importlib
+            return importlib.import_module(f"lsq.bench.{args.name}").main(rest)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.command == "train":
+            return _train(args)
+        if args.command == "rows":
+            return _rows(args)
+        if args.command == "export":
+            from lsq.export import export_run
+            summary = export_run(args.run_dir, args.out)
+            for key, value in summary.items():
+                if not isinstance(value, dict):
+                    print(f"{key}: {value}")
+            return 0
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as error:
+        if os.environ.get("LSQ_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""``python -m lsq bench train``: training throughput per table row, and what a full table costs.
+
+For each row of a table (float baseline and LSQ rows 1-4) it times the real training step
+(forward, backward, SGD step with the row's optimizer groups) on synthetic input of the table's
+shape on the chosen device, then estimates the wall time of the whole table at the ``paper``
+profile (every row's epochs x training images / images per second; evaluation not included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.nn import functional as F
+
+from lsq.config import make_config
+from lsq.experiments import get_table
+from lsq.rundir import device_description
+from lsq.train import Context, build_optimizer, build_run_model, calibrate, resolve_device
+
+TRAIN_IMAGES = {"cifar10": 50_000, "imagenet": 1_281_167, "fashion-mnist": 60_000, "synthetic": 50_000}
+
+
+class _RepeatLoader:
+    """One fixed batch, behaving like a :mod:`lsq.data` loader for ``calibrate``."""
+
+    def __init__(self, images, labels):
+        self.batch = (images, labels)
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __iter__(self):
+        yield self.batch
+
+    def __len__(self):
+        return 1
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_row(dataset: str, row: int, *, device, batch_size: int, steps: int, warmup: int,
+             amp: bool, channels_last: bool, compile_model: bool) -> float:
+    """Median seconds per training step of one row."""
+    table = get_table(dataset)
+    config = make_config(dataset, row, "paper")
+    model = build_run_model(config).to(device)
+    shape = (batch_size, table.in_channels, table.image_size, table.image_size)
+    images = torch.randn(shape, device=device)
+    labels = torch.randint(0, table.num_classes, (batch_size,), device=device)
+    ctx = Context(device, amp=amp, channels_last=channels_last, progress=False)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    calibrate(model, _RepeatLoader(images, labels), ctx)
+    optimizer = build_optimizer(model, config)
+    step_model = torch.compile(model) if compile_model else model
+    images = ctx.prepare(images)
+
+    def step():
+        with ctx.autocast():
+            loss = F.cross_entropy(step_model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lsq bench train", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="cifar10", choices=["cifar10", "imagenet", "fashion-mnist"])
+    parser.add_argument("--rows", default="0,1,2,3,4")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the whole model")
+    args = parser.parse_args(argv)
+
+    device = resolve_device(args.device)
+    rows = [int(r) for r in args.rows.split(",")]
+    table = get_table(args.dataset)
+    batch_size = args.batch_size or make_config(args.dataset, 1, "paper").optim.batch_size
+    print(f"# bench train: {args.dataset} ({table.model}), batch {batch_size}, device "
+          f"{device_description(device)}, torch {torch.__version__}, amp={args.amp}, "
+          f"channels_last={args.channels_last}, compile={args.compile}")
+    print(f"{'row':>4} {'ms/step':>9} {'img/s':>9} {'x float':>8} {'paper epochs':>13} {'est. hours':>11}")
+    total_hours, float_time = 0.0, None
+    for row in rows:
+        seconds = time_row(args.dataset, row, device=device, batch_size=batch_size, steps=args.steps,
+                           warmup=args.warmup, amp=args.amp, channels_last=args.channels_last,
+                           compile_model=args.compile)
+        if row == 0:
+            float_time = seconds
+        epochs = make_config(args.dataset, row, "paper").optim.epochs
+        hours = epochs * TRAIN_IMAGES[args.dataset] / (batch_size / seconds) / 3600
+        total_hours += hours
+        ratio = f"{seconds / float_time:8.2f}" if float_time else f"{'-':>8}"
+        print(f"{row:>4} {seconds * 1e3:9.1f} {batch_size / seconds:9.0f} {ratio} {epochs:>13} {hours:11.2f}")
+    print(f"estimated wall time of the whole {args.dataset} table at the paper profile "
+          f"(training steps only, rows {args.rows}): {total_hours:.2f} h = {total_hours * 60:.1f} min")
+    return 0

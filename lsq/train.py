@@ -1,0 +1,532 @@
+"""One training loop for the float baseline and every LSQ row: ``train_one_epoch``, ``evaluate``,
+``fit``.
+
+A quantized row is the float model of the same dataset, profile and seed, converted with
+:func:`lsq.convert.quantize_model`, its step sizes initialised on one calibration batch, then
+trained with the same loop; the only difference is one more optimizer group (step sizes: no
+weight decay, lr times ``step_size_lr_factor``).
+
+Resumability: every epoch ends with an atomic checkpoint (model, optimizer, scheduler, RNG
+states, epoch, config, git SHA). The data order and augmentation of an epoch are a pure function
+of (seed, epoch) (see :mod:`lsq.data`), so a run killed at any moment and started again finishes
+with bit-identical metrics on the CPU. ``summary.json`` is written last; its presence means done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from lsq import rundir
+from lsq.config import RunConfig
+from lsq.convert import quantize_model, quantizers
+from lsq.experiments import get_table
+from lsq.layers import QConv2d, QLinear
+from lsq.models import build_model
+from lsq.quantizer import LsqQuantizer
+
+
+TORCHVISION_WEIGHT_NAMES = ("IMAGENET1K_V1", "DEFAULT")
+
+
+class TrainingError(RuntimeError):
+    """A run cannot go on; the message says why and what to do."""
+
+
+class BaselineMissingError(TrainingError):
+    pass
+
+
+class NonFiniteLossError(TrainingError):
+    pass
+
+
+class CorruptCheckpointError(TrainingError):
+    pass
+
+
+# --- building blocks ---------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return device
+
+
+def build_run_model(config: RunConfig, *, float_state: dict | None = None) -> nn.Module:
+    """The run's model: the float network (optionally loaded with ``float_state``), converted with
+    ``quantize_model`` when the config quantizes anything. Step sizes are not initialised yet."""
+    table = get_table(config.dataset)
+    kwargs = dict(num_classes=table.num_classes, in_channels=table.in_channels)
+    if config.pretrained_weights and config.quant.is_float and float_state is None:
+        if config.pretrained_weights in TORCHVISION_WEIGHT_NAMES:
+            kwargs["weights"] = config.pretrained_weights
+        else:
+            kwargs["weights_path"] = config.pretrained_weights
+    model = build_model(config.model, **kwargs)
+    if float_state is not None:
+        model.load_state_dict(float_state)
+    q = config.quant
+    if not q.is_float:
+        quantize_model(
+            model,
+            weight_levels=q.weight_range,
+            act_levels=q.act_range,
+            quantize_first_last=q.quantize_first_last,
+            per_channel=q.per_channel,
+            init_scale=q.init_scale,
+            init_method=q.init_method,
+            use_grad_scale=q.grad_scale,
+        )
+    return model
+
+
+def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    """SGD with momentum; step sizes (selected by parameter name) in their own group."""
+    o = config.optim
+    step_sizes, others = [], []
+    for name, param in model.named_parameters():
+        (step_sizes if name.endswith("step_size") else others).append(param)
+    groups = [{"params": others, "weight_decay": o.weight_decay, "lr": o.lr}]
+    if step_sizes:
+        groups.append({
+            "params": step_sizes, "weight_decay": o.step_size_weight_decay,
+            "lr": o.lr * o.step_size_lr_factor,
+        })
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+
+
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """Per-iteration lr multiplier: cosine annealing to 0, step (x0.1 at 50% and 75%), constant."""
+    progress = step / max(total_steps, 1)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "step":
+        return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
+    if schedule == "constant":
+        return 1.0
+    raise TrainingError(f"unknown scheduler {schedule!r}; choose cosine, step or constant")
+
+
+def build_scheduler(optimizer, config: RunConfig, steps_per_epoch: int):
+    total = config.optim.epochs * steps_per_epoch
+    schedule = config.optim.scheduler
+    lr_factor(schedule, 0, total)  # validate the name before any training
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(schedule, step, total))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", getattr(model, "_orig_mod", model))
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def _quantized_layers(model: nn.Module):
+    for name, module in unwrap(model).named_modules():
+        if isinstance(module, (QConv2d, QLinear)) and module.weight_quantizer is not None:
+            yield name, module
+
+
+@torch.no_grad()
+def weight_sparsity(model: nn.Module) -> tuple[float | None, dict[str, float]]:
+    """Fraction of zero integer weight codes, overall and per quantized layer."""
+    per_layer, zeros, total = {}, 0, 0
+    for name, module in _quantized_layers(model):
+        codes = module.weight_quantizer.integer_codes(module.weight)
+        layer_zeros = int((codes == 0).sum())
+        per_layer[name] = layer_zeros / codes.numel()
+        zeros += layer_zeros
+        total += codes.numel()
+    return (zeros / total if total else None), per_layer
+
+
+def step_size_summary(model: nn.Module) -> dict[str, dict[str, float]]:
+    summary = {}
+    for name, quantizer in quantizers(unwrap(model)):
+        s = quantizer.step_size.detach().float()
+        summary[name] = {"mean": s.mean().item(), "min": s.min().item(), "max": s.max().item()}
+    return summary
+
+
+def check_step_sizes(model: nn.Module, epoch: int) -> None:
+    for name, quantizer in quantizers(unwrap(model)):
+        s = quantizer.step_size.detach()
+        if not bool(torch.isfinite(s).all()) or bool((s <= 0).any()):
+            raise TrainingError(
+                f"step size of {name} became non-positive or non-finite ({s.min().item():.3g}) "
+                f"in epoch {epoch}; lower the step-size lr (--set optim.step_size_lr_factor=0.1) "
+                "or the base lr"
+            )
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What the loop needs besides model, data and optimizer."""
+
+    device: torch.device
+    amp: bool = False
+    channels_last: bool = False
+    rank: int = 0
+    world_size: int = 1
+    progress: bool = True
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
+
+def _first_nonfinite_layer(model: nn.Module, images: torch.Tensor, ctx: Context) -> str | None:
+    """Re-run the batch with hooks to name the first module whose output is not finite."""
+    found: list[str] = []
+
+    def hook(name):
+        def check(_module, _inputs, output):
+            if not found and isinstance(output, torch.Tensor) and not torch.isfinite(output).all():
+                found.append(name)
+        return check
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in unwrap(model).named_modules() if n]
+    try:
+        with torch.no_grad(), ctx.autocast():
+            model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[0] if found else None
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, epoch: int, ctx: Context) -> dict:
+    model.train()
+    loader.set_epoch(epoch)
+    loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
+    correct = torch.zeros((), device=ctx.device, dtype=torch.int64)
+    seen = 0
+    # On CUDA a per-step .item() would stall the pipeline: the finiteness check runs on the device
+    # and is read every `check_every` steps; on the CPU reading it is free.
+    check_every = 1 if ctx.device.type == "cpu" else 50
+    bad_step = torch.full((), -1, device=ctx.device, dtype=torch.int64)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not ctx.progress or None,
+               unit="batch", dynamic_ncols=True)
+    for step, (images, labels) in enumerate(bar):
+        images = ctx.prepare(images)
+        with ctx.autocast():
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+        finite = torch.isfinite(loss.detach())
+        bad_step = torch.where((bad_step < 0) & ~finite, torch.full_like(bad_step, step), bad_step)
+        if step % check_every == 0 or step == len(loader) - 1:
+            if int(bad_step) >= 0:
+                layer = _first_nonfinite_layer(model, images, ctx)
+                where = f"; first non-finite output: {layer}" if layer else ""
+                raise NonFiniteLossError(
+                    f"non-finite loss in epoch {epoch + 1} at step {int(bad_step) + 1}{where}; "
+                    "lower the learning rate (--lr) or check the data"
+                )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach().double() * labels.shape[0]
+        correct += (logits.argmax(1) == labels).sum()
+        seen += labels.shape[0]
+    totals = ctx.all_reduce(torch.stack([loss_sum, correct.double(),
+                                         torch.tensor(float(seen), device=ctx.device, dtype=torch.float64)]))
+    loss_total, correct_total, seen_total = totals.tolist()
+    return {"train_loss": loss_total / seen_total, "train_top1": 100.0 * correct_total / seen_total,
+            "train_images": int(seen_total)}
+
+
+@torch.no_grad()
+def evaluate(model, loader, ctx: Context) -> dict:
+    model.eval()
+    loader.set_epoch(0)
+    totals = torch.zeros(4, device=ctx.device, dtype=torch.float64)  # loss, top1, top5, n
+    for images, labels in loader:
+        images = ctx.prepare(images)
+        with ctx.autocast():
+            logits = model(images)
+        totals[0] += F.cross_entropy(logits.float(), labels, reduction="sum").double()
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top5 == labels[:, None]
+        totals[1] += hits[:, 0].sum()
+        totals[2] += hits.any(1).sum()
+        totals[3] += labels.shape[0]
+    loss, top1, top5, n = ctx.all_reduce(totals).tolist()
+    return {"test_loss": loss / n, "test_top1": 100.0 * top1 / n, "test_top5": 100.0 * top5 / n}
+
+
+def calibrate(model: nn.Module, loader, ctx: Context) -> None:
+    """Initialise every step size on the first training batch (LSQ's data-driven init).
+
+    Only the quantizers run in training mode: BatchNorm uses its running statistics and keeps
+    them, so calibration changes nothing but the step sizes. Must happen before DDP wrapping (so
+    rank 0's values are broadcast), ``torch.compile`` and CUDA-graph capture.
+    """
+    model.eval()
+    for _, quantizer in quantizers(model):
+        quantizer.train()
+    loader.set_epoch(0)
+    images, _ = next(iter(loader))
+    with torch.no_grad(), ctx.autocast():
+        model(ctx.prepare(images))
+    model.train()
+
+
+# --- fit: one run directory --------------------------------------------------------------------
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        for key in ("model", "optimizer", "scheduler", "epoch", "rng"):
+            checkpoint[key]
+        return checkpoint
+    except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is "corrupt"
+        raise CorruptCheckpointError(
+            f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {error}); "
+            "delete it to restart this run from scratch"
+        ) from None
+
+
+def _baseline_state(config: RunConfig, runs_dir: Path) -> dict:
+    baseline = config.baseline()
+    baseline_dir = baseline.run_dir(runs_dir)
+    checkpoint = baseline_dir / rundir.CHECKPOINT
+    if not (baseline_dir / rundir.SUMMARY).exists() or not checkpoint.exists():
+        raise BaselineMissingError(
+            f"the float baseline of this row is missing ({baseline_dir} has no finished run); "
+            f"make it first: python -m lsq train --dataset {config.dataset} --row 0 "
+            f"--profile {config.profile} --seed {config.seed} --runs-dir {runs_dir}"
+        )
+    return _load_checkpoint(checkpoint)["model"]
+
+
+def _check_same_config(run_dir: Path, config: RunConfig) -> None:
+    existing = run_dir / rundir.CONFIG
+    if existing.exists():
+        old = RunConfig.from_yaml(existing)
+        if old != config:
+            raise TrainingError(
+                f"{run_dir} holds a run with another configuration; use another --runs-dir, "
+                f"or delete {run_dir} to start over"
+            )
+
+
+def _distributed_context() -> tuple[int, int]:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("LSQ_DIST_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend)
+    return (dist.get_rank(), world_size) if world_size > 1 else (0, 1)
+
+
+def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = True,
+        log=print) -> dict:
+    """Train (or resume, or skip if done) one run; returns its summary."""
+    from lsq.data import build_data  # heavy imports (torchvision datasets) only when training
+
+    runs_dir = Path(runs_dir)
+    run_dir = config.run_dir(runs_dir)
+    summary_path = run_dir / rundir.SUMMARY
+    if summary_path.exists():
+        log(f"{run_dir}: already done (summary.json exists), nothing to do")
+        return json.loads(summary_path.read_text())
+    _check_same_config(run_dir, config)
+
+    if config.optim.epochs == 0 and config.quant.is_float and not config.pretrained_weights:
+        if config.profile != "smoke":
+            raise TrainingError(
+                f"{config.dataset} row 0 evaluates a pretrained float model: pass --weights FILE "
+                "(a local copy of torchvision's resnet18-f37072fd.pth) or --weights IMAGENET1K_V1 "
+                "on a machine with internet access"
+            )
+        log("smoke profile: the float baseline is randomly initialised (no pretrained weights)")
+    rank, world_size = _distributed_context()
+    device = resolve_device(config.device)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    is_main = rank == 0
+    ctx = Context(device, config.amp, config.channels_last, rank, world_size, progress and is_main)
+
+    float_state = None if config.quant.is_float else _baseline_state(config, runs_dir)
+    seed_everything(config.seed)
+    data = build_data(
+        config.dataset, config.data, batch_size=config.optim.batch_size,
+        eval_batch_size=config.optim.eval_batch_size, device=device, seed=config.seed,
+        rank=rank, world_size=world_size,
+    )
+    model = build_run_model(config, float_state=float_state).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, len(data.train))
+
+    checkpoint_path = run_dir / rundir.CHECKPOINT
+    metrics_path = run_dir / rundir.METRICS
+    started = time.time()
+    wall_before = 0.0
+    if checkpoint_path.exists():
+        checkpoint = _load_checkpoint(checkpoint_path)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        set_rng_state(checkpoint["rng"])
+        start_epoch = checkpoint["epoch"]
+        wall_before = checkpoint.get("wall_seconds", 0.0)
+        started_at = checkpoint.get("started_at")
+        if is_main:
+            kept = [r for r in rundir.read_metrics(metrics_path) if r["epoch"] <= start_epoch]
+            rundir.rewrite_metrics(metrics_path, kept)
+            log(f"{run_dir}: resuming after epoch {start_epoch}")
+    else:
+        start_epoch = 0
+        started_at = _now()
+        if is_main:
+            rundir.atomic_write_text(run_dir / rundir.CONFIG, config.to_yaml())
+            metrics_path.unlink(missing_ok=True)
+        if quantizers(model):
+            calibrate(model, data.train, ctx)
+        if quantizers(model) or config.optim.epochs == 0:
+            # Epoch 0: the converted, initialised model before any step (or a pretrained float).
+            record = {"epoch": 0, "lr": optimizer.param_groups[0]["lr"], **evaluate(model, data.test, ctx),
+                      **_model_metrics(model), "epoch_seconds": 0.0, "images_per_second": None}
+            if is_main:
+                rundir.append_metrics(metrics_path, record)
+        if is_main:
+            _save_checkpoint(checkpoint_path, model, optimizer, scheduler, 0, config, wall_before,
+                             started_at)
+
+    train_model = model
+    if world_size > 1:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile_model:
+        train_model = torch.compile(train_model)
+
+    for epoch in range(start_epoch, config.optim.epochs):
+        epoch_start = time.time()
+        lr = optimizer.param_groups[0]["lr"]
+        train_metrics = train_one_epoch(train_model, data.train, optimizer, scheduler, epoch, ctx)
+        train_seconds = time.time() - epoch_start
+        check_step_sizes(model, epoch + 1)
+        test_metrics = evaluate(train_model, data.test, ctx)
+        epoch_seconds = time.time() - epoch_start
+        record = {
+            "epoch": epoch + 1, "lr": lr,
+            "train_loss": train_metrics["train_loss"], "train_top1": train_metrics["train_top1"],
+            **test_metrics, **_model_metrics(model),
+            "epoch_seconds": epoch_seconds,
+            "images_per_second": train_metrics["train_images"] / max(train_seconds, 1e-9),
+        }
+        if is_main:
+            rundir.append_metrics(metrics_path, record)
+            wall = wall_before + time.time() - started
+            _save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch + 1, config, wall,
+                             started_at)
+            log(f"{config.dataset}/{config.profile}/{config.run_name}/seed{config.seed} "
+                f"epoch {epoch + 1}/{config.optim.epochs}: loss {record['train_loss']:.4f} "
+                f"test top-1 {record['test_top1']:.2f}% ({epoch_seconds:.1f}s, "
+                f"{record['images_per_second']:.0f} img/s)")
+
+    summary = None
+    if is_main:
+        summary = _summary(config, run_dir, data, device, wall_before + time.time() - started)
+        summary["started_at"] = started_at
+        rundir.write_json(summary_path, summary)
+        log(f"{run_dir}: done, final top-1 {summary['final_top1']:.2f}%")
+    if world_size > 1:
+        dist.barrier()
+    return summary
+
+
+def _model_metrics(model: nn.Module) -> dict:
+    sparsity, per_layer = weight_sparsity(model)
+    return {"step_sizes": step_size_summary(model), "weight_sparsity": sparsity,
+            "layer_sparsity": per_layer}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _save_checkpoint(path, model, optimizer, scheduler, epoch, config, wall_seconds, started_at) -> None:
+    rundir.atomic_torch_save({
+        "started_at": started_at,
+        "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch,
+        "config": config.to_dict(), "git_sha": rundir.git_sha(), "wall_seconds": wall_seconds,
+    }, path)
+
+
+def _summary(config, run_dir, data, device, wall_seconds) -> dict:
+    records = rundir.read_metrics(run_dir / rundir.METRICS)
+    final = records[-1]
+    trained = [r for r in records if r["epoch"] > 0] or records
+    return {
+        "dataset": config.dataset, "profile": config.profile, "row": config.row,
+        "seed": config.seed, "ablation": config.ablation, "data_kind": data.data_kind,
+        "epochs": config.optim.epochs,
+        "final_top1": final["test_top1"], "final_top5": final["test_top5"],
+        "best_top1": max(r["test_top1"] for r in trained),
+        "best_top5": max(r["test_top5"] for r in trained),
+        "final_test_loss": final["test_loss"],
+        "final_weight_sparsity": final.get("weight_sparsity"),
+        "wall_seconds": wall_seconds,
+        "train_images": data.num_train, "test_images": data.num_test,
+        "device": rundir.device_description(device), "torch_version": torch.__version__,
+        "git_sha": rundir.git_sha(), "hostname": os.uname().nodename,
+        "started_at": None, "finished_at": _now(),
+        "baseline_run": None if config.quant.is_float else
+        str(config.baseline().run_dir(Path(".")).as_posix()),
+    }

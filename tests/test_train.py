@@ -1,0 +1,215 @@
+"""The training engine end to end on synthetic data: run directories, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lsq import rundir
+from lsq.config import ConfigError, RunConfig, make_config
+from lsq.train import lr_factor
+
+REPO = Path(__file__).resolve().parent.parent
+TIMING_KEYS = {"epoch_seconds", "images_per_second"}
+SUMMARY_VOLATILE = {"wall_seconds", "started_at", "finished_at", "hostname", "git_sha"}
+
+
+def lsq_cli(*args, runs_dir: Path, env: dict | None = None, check: bool = True, **popen):
+    command = [sys.executable, "-m", "lsq", *args, "--runs-dir", str(runs_dir), "--no-progress"]
+    full_env = {**os.environ, "LSQ_COMPILE": "0", **(env or {})}
+    if popen.pop("background", False):
+        return subprocess.Popen(command, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    result = subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+SMALL = ["--dataset", "synthetic", "--profile", "smoke", "--set", "data.train_subset=128",
+         "--set", "data.test_subset=64", "--batch-size", "32"]
+
+
+def run_dir(runs: Path, row: int, seed: int = 0) -> Path:
+    return runs / "synthetic" / "smoke" / f"row{row}" / f"seed{seed}"
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory):
+    """Float baseline and row 4 (everything quantized) on tiny synthetic data, 2 epochs each."""
+    runs = tmp_path_factory.mktemp("runs")
+    for row in (0, 4):
+        lsq_cli("train", *SMALL, "--row", str(row), "--epochs", "2", runs_dir=runs)
+    return runs
+
+
+def test_run_directory_is_complete(finished_runs):
+    for row in (0, 4):
+        directory = run_dir(finished_runs, row)
+        assert {p.name for p in directory.iterdir()} == {
+            "config.yaml", "metrics.jsonl", "checkpoint.pt", "summary.json"}
+        config = RunConfig.from_yaml(directory / "config.yaml")
+        assert config.row == row and config.optim.epochs == 2
+        records = rundir.read_metrics(directory / "metrics.jsonl")
+        expected_epochs = [0, 1, 2] if row else [1, 2]
+        assert [r["epoch"] for r in records] == expected_epochs
+        summary = json.loads((directory / "summary.json").read_text())
+        assert summary["data_kind"] == "synthetic"
+        assert summary["train_images"] == 128 and summary["test_images"] == 64
+        assert summary["final_top1"] == records[-1]["test_top1"]
+        assert summary["torch_version"] == torch.__version__
+        assert summary["wall_seconds"] > 0
+
+
+def test_quantized_metrics_have_step_sizes_and_sparsity(finished_runs):
+    records = rundir.read_metrics(run_dir(finished_runs, 4) / "metrics.jsonl")
+    for record in records:
+        assert record["step_sizes"], "every quantizer reports its step size"
+        assert all(v["min"] > 0 for v in record["step_sizes"].values())
+        assert 0.0 <= record["weight_sparsity"] <= 1.0
+        assert "conv1" in record["layer_sparsity"] and "fc" in record["layer_sparsity"]  # quan_lr=yes
+    float_records = rundir.read_metrics(run_dir(finished_runs, 0) / "metrics.jsonl")
+    assert float_records[-1]["step_sizes"] == {} and float_records[-1]["weight_sparsity"] is None
+
+
+def test_quantized_row_starts_from_its_float_baseline(finished_runs):
+    float_state = torch.load(run_dir(finished_runs, 0) / "checkpoint.pt", weights_only=False)["model"]
+    # Epoch 0 of row 4 evaluates the converted float model: its BN statistics are the baseline's.
+    quant_start = rundir.read_metrics(run_dir(finished_runs, 4) / "metrics.jsonl")[0]
+    assert quant_start["epoch"] == 0
+    quant_state = torch.load(run_dir(finished_runs, 4) / "checkpoint.pt", weights_only=False)["model"]
+    assert quant_state["layer1.0.conv1.weight"].shape == float_state["layer1.0.conv1.weight"].shape
+    assert "layer1.0.conv1.weight_quantizer.step_size" in quant_state
+    assert bool(quant_state["layer1.0.conv1.weight_quantizer.initialized"])
+
+
+def test_finished_run_is_a_no_op(finished_runs):
+    directory = run_dir(finished_runs, 0)
+    before = {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
+    result = lsq_cli("train", *SMALL, "--row", "0", "--epochs", "2", runs_dir=finished_runs)
+    assert "already done" in result.stdout
+    assert before == {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
+
+
+def _comparable(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path, finished_runs):
+    """Kill row 4 mid-training with SIGKILL, rerun the same command: same metrics, same summary."""
+    reference = run_dir(finished_runs, 4)
+    runs = tmp_path / "runs"
+    # The float baseline is reused; only the killed run is new.
+    baseline = run_dir(runs, 0)
+    baseline.parent.mkdir(parents=True)
+    subprocess.run(["cp", "-r", str(run_dir(finished_runs, 0)), str(baseline)], check=True)
+
+    args = ["train", *SMALL, "--row", "4", "--epochs", "2"]
+    process = lsq_cli(*args, runs_dir=runs, background=True)
+    metrics = run_dir(runs, 4) / "metrics.jsonl"
+    deadline = time.time() + 240
+    # Wait until epoch 1 is under way (the epoch-0 evaluation is logged), then kill mid-epoch.
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and any(r["epoch"] == 0 for r in rundir.read_metrics(metrics)):
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert not (run_dir(runs, 4) / "summary.json").exists(), "the kill must land before the end"
+    assert not list(run_dir(runs, 4).glob("*.tmp")), "no half-written files"
+
+    lsq_cli(*args, runs_dir=runs)
+    resumed = rundir.read_metrics(metrics)
+    assert _comparable(resumed) == _comparable(rundir.read_metrics(reference / "metrics.jsonl"))
+    summary = json.loads((run_dir(runs, 4) / "summary.json").read_text())
+    expected = json.loads((reference / "summary.json").read_text())
+    assert {k: v for k, v in summary.items() if k not in SUMMARY_VOLATILE} == {
+        k: v for k, v in expected.items() if k not in SUMMARY_VOLATILE}
+
+
+def test_missing_baseline_names_the_command(tmp_path):
+    result = lsq_cli("train", *SMALL, "--row", "2", runs_dir=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "python -m lsq train --dataset synthetic --row 0 --profile smoke --seed 0" in result.stderr
+    assert not any(tmp_path.rglob("*.yaml")), "nothing written for the failed row"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "mnist", "--row", "0"], "invalid choice: 'mnist'"),
+    (["--dataset", "synthetic", "--row", "7"], "unknown row 7"),
+    (["--dataset", "synthetic", "--row", "0", "--profile", "huge"], "invalid choice: 'huge'"),
+    (["--dataset", "synthetic", "--row", "0", "--set", "optim.lrr=1"], "unknown config key 'optim.lrr'"),
+    (["--dataset", "synthetic", "--row", "0", "--set", "optim.epochs=many"], "optim.epochs must be an integer"),
+    (["--dataset", "cifar10", "--row", "0", "--data-dir", "/nonexistent/cifar"], "/nonexistent/cifar"),
+])
+def test_bad_input_is_one_clear_error(tmp_path, args, message):
+    result = lsq_cli("train", *args, runs_dir=tmp_path, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not any(tmp_path.rglob("*")), "nothing half-written"
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    directory = run_dir(tmp_path, 0)
+    directory.mkdir(parents=True)
+    config = make_config("synthetic", 0, "smoke", 0).with_overrides(
+        "data.train_subset=128", "data.test_subset=64", "optim.batch_size=32")
+    (directory / "config.yaml").write_text(config.to_yaml())
+    (directory / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    result = lsq_cli("train", *SMALL, "--row", "0", runs_dir=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "checkpoint" in result.stderr and "corrupt" in result.stderr and "delete it" in result.stderr
+
+
+def test_nan_loss_names_epoch_and_step(tmp_path):
+    result = lsq_cli("train", *SMALL, "--row", "0", "--lr", "1e30", "--epochs", "1",
+                     runs_dir=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "non-finite loss in epoch 1 at step" in result.stderr
+    assert not (run_dir(tmp_path, 0) / "summary.json").exists()
+
+
+def test_changed_config_in_existing_run_dir_is_refused(tmp_path):
+    lsq_cli("train", *SMALL, "--row", "0", "--epochs", "1", runs_dir=tmp_path)
+    (run_dir(tmp_path, 0) / "summary.json").unlink()
+    result = lsq_cli("train", *SMALL, "--row", "0", "--epochs", "3", runs_dir=tmp_path, check=False)
+    assert result.returncode != 0 and "another configuration" in result.stderr
+
+
+def test_print_config_reflects_overrides(tmp_path):
+    result = lsq_cli("train", "--dataset", "fashion-mnist", "--row", "3", "--profile", "quick",
+                     "--ablation", "init-x4", "--lr", "0.02", "--print-config", runs_dir=tmp_path)
+    config = RunConfig.from_dict(yaml.safe_load(result.stdout))
+    assert config.optim.lr == 0.02 and config.quant.init_scale == 4.0
+    assert config.quant.act_levels == "[0,1,2,3]" and config.data.train_subset == 10000
+
+
+def test_lr_schedules():
+    assert lr_factor("cosine", 0, 100) == 1.0
+    assert lr_factor("cosine", 100, 100) == pytest.approx(0.0)
+    assert lr_factor("cosine", 50, 100) == pytest.approx(0.5)
+    assert [lr_factor("step", s, 100) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert lr_factor("constant", 77, 100) == 1.0
+
+
+def test_config_rejects_unknown_keys_and_profiles():
+    with pytest.raises(ConfigError, match="unknown config key 'quant.bits'"):
+        make_config("synthetic", 1).with_overrides("quant.bits=2")
+    with pytest.raises(ConfigError, match="unknown profile"):
+        make_config("synthetic", 1, "weekend")
+    with pytest.raises(ConfigError, match="ablations apply to quantized rows"):
+        make_config("synthetic", 0, ablation="init-x4")
+    with pytest.raises(ValueError, match="unknown ablation"):
+        make_config("synthetic", 1, ablation="init-x100")
