@@ -34,7 +34,7 @@ help: ## list targets and variables
 	@echo "LSQ reproducibility report (arXiv 1902.08153)"
 	@echo
 	@awk 'BEGIN {FS = ":.*## "} /^##@/ {printf "\n%s\n", substr($$0, 5)} \
-	     /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	     /^[a-zA-Z0-9_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
 	@echo "Variables (make VAR=value ...):"
 	@echo "  PROFILE         paper | quick | smoke (default: paper for cifar10/imagenet, quick for fashion-mnist, smoke for synthetic)"

@@ -1,4 +1,4 @@
-"""Command line: ``python -m lsq {train,report,export,bench,rows} ...``.
+"""Command line: ``python -m lsq {train,report,export,bench,check-data} ...``.
 
 Thin by design: parse, build a config, call one function. Bad input ends with one ``error:`` line
 naming the problem and the fix, and exit status 2 (``LSQ_DEBUG=1`` shows the traceback).
@@ -72,20 +72,22 @@ def _train(args) -> int:
     return 0
 
 
-def _rows(args) -> int:
-    """Print the run directories of a table (used by the Makefile to list its targets)."""
-    from pathlib import Path
+def _check_data(args) -> int:
+    """Load the dataset's index once so a missing dataset fails before any run starts."""
+    import torch
 
-    rows = [int(r) for r in args.rows.split(",")] if args.rows else [r.id for r in TABLES[args.dataset].rows]
-    for seed in args.seeds.split(","):
-        for row in rows:
-            config = make_config(args.dataset, row, args.profile, int(seed))
-            print(config.run_dir(Path(args.runs_dir)))
+    from lsq.config import DataConfig
+    from lsq.data import build_data
+
+    bundle = build_data(args.dataset, DataConfig(data_dir=args.data_dir), batch_size=1,
+                        eval_batch_size=1, device=torch.device("cpu"), seed=0)
+    print(f"{args.dataset}: {bundle.num_train} train / {bundle.num_test} test images "
+          f"({bundle.data_kind}) from {bundle.source}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lsq", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lsq", description="LSQ reproducibility: train table rows, render the report, export integer weights, benchmark.")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
 
@@ -98,12 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHES), add_help=False)
     p.add_argument("name", choices=BENCHES)
 
-    p = sub.add_parser("rows", help="list the run directories of a table")
+    p = sub.add_parser("check-data", help="check that a dataset is where training expects it")
     p.add_argument("--dataset", required=True, choices=sorted(TABLES))
-    p.add_argument("--profile", default="smoke", choices=PROFILES)
-    p.add_argument("--seeds", default="0")
-    p.add_argument("--rows", help="comma-separated row ids (default: all)")
-    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--data-dir")
 
     args, rest = parser.parse_known_args(argv)
     try:
@@ -117,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command == "train":
             return _train(args)
-        if args.command == "rows":
-            return _rows(args)
+        if args.command == "check-data":
+            return _check_data(args)
         if args.command == "export":
             from lsq.export import export_run
             summary = export_run(args.run_dir, args.out)
