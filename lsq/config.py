@@ -158,6 +158,11 @@ def _coerce(value, annotation, key: str):
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key} must be a number, got {value!r}")
     if annotation is str:
         if isinstance(value, (list, tuple)):  # YAML reads [-1,0,1] as a list

@@ -416,7 +416,10 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
     metrics_path = run_dir / rundir.METRICS
     started = time.time()
     wall_before = 0.0
-    if checkpoint_path.exists():
+    fresh = not checkpoint_path.exists()
+    if world_size > 1:
+        dist.barrier()  # every rank decided fresh/resume before rank 0 writes anything
+    if not fresh:
         checkpoint = _load_checkpoint(checkpoint_path)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -437,22 +440,18 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
             metrics_path.unlink(missing_ok=True)
         if quantizers(model):
             calibrate(model, data.train, ctx)
+    # After calibration: DDP broadcasts rank 0's step sizes with every other parameter.
+    train_model = _wrap(model, config, device, world_size)
+    if fresh:
         if quantizers(model) or config.optim.epochs == 0:
             # Epoch 0: the converted, initialised model before any step (or a pretrained float).
-            record = {"epoch": 0, "lr": optimizer.param_groups[0]["lr"], **evaluate(model, data.test, ctx),
+            record = {"epoch": 0, "lr": optimizer.param_groups[0]["lr"], **evaluate(train_model, data.test, ctx),
                       **_model_metrics(model), "epoch_seconds": 0.0, "images_per_second": None}
             if is_main:
                 rundir.append_metrics(metrics_path, record)
         if is_main:
             _save_checkpoint(checkpoint_path, model, optimizer, scheduler, 0, config, wall_before,
                              started_at)
-
-    train_model = model
-    if world_size > 1:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile_model:
-        train_model = torch.compile(train_model)
 
     for epoch in range(start_epoch, config.optim.epochs):
         epoch_start = time.time()
@@ -479,6 +478,8 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
                 f"test top-1 {record['test_top1']:.2f}% ({epoch_seconds:.1f}s, "
                 f"{record['images_per_second']:.0f} img/s)")
 
+    if world_size > 1:
+        check_replicas_in_sync(model)
     summary = None
     if is_main:
         summary = _summary(config, run_dir, data, device, wall_before + time.time() - started)
@@ -488,6 +489,30 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
     if world_size > 1:
         dist.barrier()
     return summary
+
+
+def _wrap(model: nn.Module, config: RunConfig, device: torch.device, world_size: int) -> nn.Module:
+    """The module the loop steps: DDP across ranks and/or ``torch.compile``; ``model`` itself
+    stays the unwrapped one for checkpoints and metrics."""
+    wrapped = model
+    if world_size > 1:
+        wrapped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile_model:
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
+def check_replicas_in_sync(model: nn.Module) -> None:
+    """Every rank must hold rank 0's parameters (step sizes included) after training."""
+    flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    if not torch.equal(flat, reference):
+        raise TrainingError(
+            f"rank {dist.get_rank()} parameters differ from rank 0's after training "
+            f"(max |diff| {(flat - reference).abs().max().item():.3g}); DDP replicas went out of sync"
+        )
 
 
 def _model_metrics(model: nn.Module) -> dict:
