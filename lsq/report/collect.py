@@ -1,0 +1,269 @@
+"""Load run directories (docs/run-format.md) into tidy pandas DataFrames.
+
+Only the files of the run format are read: ``summary.json``, ``metrics.jsonl`` and, for runs still
+in progress, ``config.yaml`` (for the planned epoch count). The trainer is never imported, so the
+report renders anywhere the run directories are, with no GPU and no data.
+
+A run's identity (dataset, profile, row, ablation, seed) comes from its path,
+``<runs>/<dataset>/<profile>/row<k>[-<ablation>]/seed<s>/``; ``summary.json`` is checked against it.
+Plain table runs have ``ablation == ""`` (an empty string rather than None, so that ``groupby`` and
+``==`` filters keep them).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+KEYS = ["dataset", "profile", "row", "ablation", "seed"]
+
+SUMMARY_COLUMNS = [
+    *KEYS, "data_kind", "epochs", "final_top1", "final_top5", "best_top1", "best_top5",
+    "final_test_loss", "final_weight_sparsity", "wall_seconds", "train_images", "test_images",
+    "device", "torch_version", "git_sha", "hostname", "started_at", "finished_at",
+    "baseline_run", "path",
+]
+EPOCH_COLUMNS = [
+    "epoch", "lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5",
+    "weight_sparsity", "epoch_seconds", "images_per_second",
+]
+IN_PROGRESS_COLUMNS = [*KEYS, "epochs_done", "epochs_planned", "path"]
+STEP_SIZE_COLUMNS = [*KEYS, "epoch", "layer", "mean", "min", "max"]
+LAYER_SPARSITY_COLUMNS = [*KEYS, "epoch", "layer", "sparsity"]
+
+_RUN_NAME = re.compile(r"^row(?P<row>\d+)(?:-(?P<ablation>.+))?$")
+_SEED_NAME = re.compile(r"^seed(?P<seed>\d+)$")
+
+
+class RunWarning(UserWarning):
+    """A run file that could not be read completely; the report goes on without that part."""
+
+
+@dataclass
+class Runs:
+    """Every run under one runs directory, as tidy DataFrames.
+
+    ``summaries``: one row per finished run (``summary.json`` present): the results.
+    ``epochs``: one row per finished run per epoch, every scalar of ``metrics.jsonl``.
+    ``step_sizes``/``layer_sparsity``: the per-layer dicts of ``metrics.jsonl``, exploded long.
+    ``in_progress``: runs without ``summary.json``; listed, never used as results.
+    ``problems``: human-readable notes about what could not be read (also emitted as warnings).
+    """
+
+    root: Path
+    summaries: pd.DataFrame
+    epochs: pd.DataFrame
+    step_sizes: pd.DataFrame
+    layer_sparsity: pd.DataFrame
+    in_progress: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+    dataset: str | None = None  # set by select(): the page these runs belong to
+    profile: str | None = None
+
+    def pages(self) -> list[tuple[str, str]]:
+        """The (dataset, profile) pairs that have any run, finished or not, in a stable order."""
+        frames = [self.summaries[["dataset", "profile"]], self.in_progress[["dataset", "profile"]]]
+        pairs = pd.concat(frames).drop_duplicates()
+        order = {"fashion-mnist": 0, "cifar10": 1, "imagenet": 2, "synthetic": 3}
+        profiles = {"paper": 0, "quick": 1, "smoke": 2}
+        return sorted(
+            map(tuple, pairs.itertuples(index=False)),
+            key=lambda p: (order.get(p[0], 9), p[0], profiles.get(p[1], 9), p[1]),
+        )
+
+    def select(self, dataset: str, profile: str) -> "Runs":
+        """The runs of one (dataset, profile) page."""
+
+        def pick(df: pd.DataFrame) -> pd.DataFrame:
+            chosen = (df["dataset"] == dataset) & (df["profile"] == profile)
+            return df[chosen].reset_index(drop=True)
+
+        return Runs(
+            self.root, pick(self.summaries), pick(self.epochs), pick(self.step_sizes),
+            pick(self.layer_sparsity), pick(self.in_progress), list(self.problems),
+            dataset, profile,
+        )
+
+
+def load_runs(runs_dir: str | Path) -> Runs:
+    """Read every run directory under ``runs_dir``; a missing directory gives empty frames."""
+    root = Path(runs_dir)
+    problems: list[str] = []
+    summaries, epochs, steps, sparsity, in_progress = [], [], [], [], []
+    for run_dir in _run_dirs(root):
+        key = _identity(root, run_dir)
+        if key is None:
+            continue
+        # Problems name files relative to the runs directory, as the report shows them.
+        label = run_dir.relative_to(root).as_posix()
+        metrics = _read_metrics(run_dir / "metrics.jsonl", problems, f"{label}/metrics.jsonl")
+        summary = _read_summary(run_dir / "summary.json", key, problems, f"{label}/summary.json")
+        if summary is None:
+            in_progress.append({
+                **key,
+                "epochs_done": int(metrics["epoch"].max()) if len(metrics) else 0,
+                "epochs_planned": _planned_epochs(run_dir / "config.yaml"),
+                "path": run_dir.relative_to(root).as_posix(),
+            })
+            continue
+        summary["path"] = run_dir.relative_to(root).as_posix()
+        summaries.append(summary)
+        if len(metrics):
+            epochs.append(_scalar_epochs(metrics, key))
+            steps.append(_explode_step_sizes(metrics, key))
+            sparsity.append(_explode_layer_sparsity(metrics, key))
+    return Runs(
+        root,
+        _frame(summaries, SUMMARY_COLUMNS, records=True),
+        _frame(epochs, [*KEYS, *EPOCH_COLUMNS]),
+        _frame(steps, STEP_SIZE_COLUMNS),
+        _frame(sparsity, LAYER_SPARSITY_COLUMNS),
+        _frame(in_progress, IN_PROGRESS_COLUMNS, records=True),
+        problems,
+    )
+
+
+# --- discovery -------------------------------------------------------------------------------
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("*/*/*/seed*") if p.is_dir())
+
+
+def _identity(root: Path, run_dir: Path) -> dict | None:
+    dataset, profile, run_name, seed_name = run_dir.relative_to(root).parts
+    run_match, seed_match = _RUN_NAME.match(run_name), _SEED_NAME.match(seed_name)
+    if not run_match or not seed_match:
+        return None  # not a run directory of the format (e.g. a stray folder); not a problem
+    return {
+        "dataset": dataset,
+        "profile": profile,
+        "row": int(run_match["row"]),
+        "ablation": run_match["ablation"] or "",
+        "seed": int(seed_match["seed"]),
+    }
+
+
+# --- reading, tolerant of partial files --------------------------------------------------------
+
+
+def _problem(problems: list[str], message: str) -> None:
+    problems.append(message)
+    warnings.warn(message, RunWarning, stacklevel=3)
+
+
+def _read_metrics(path: Path, problems: list[str], label: str) -> pd.DataFrame:
+    """metrics.jsonl as a DataFrame; corrupt lines (e.g. a line cut by a kill) are skipped.
+
+    Each line is checked with ``json.loads`` first because ``pd.read_json`` rejects the whole
+    file on one bad line, and a run interrupted mid-write must not take the report down.
+    """
+    if not path.exists():
+        return pd.DataFrame(columns=["epoch"])
+    good = []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            _problem(problems, f"{label}: line {number} is not valid JSON; skipped")
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            _problem(problems, f"{label}: line {number} has no integer 'epoch'; skipped")
+            continue
+        good.append(line)
+    if not good:
+        return pd.DataFrame(columns=["epoch"])
+    frame = pd.read_json(io.StringIO("\n".join(good)), lines=True)
+    # A resumed run may have re-written an epoch; the last line for an epoch is the one to trust.
+    return frame.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
+
+
+def _read_summary(path: Path, key: dict, problems: list[str], label: str) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(summary, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, OSError) as error:
+        _problem(problems, f"{label}: unreadable ({error}); the run is treated as not finished")
+        return None
+    for name, value in key.items():
+        found = summary.get(name)
+        if name == "ablation":
+            found = found or ""
+        if found is not None and found != value:
+            _problem(problems, f"{label}: {name}={found!r} disagrees with the path ({value!r}); "
+                               "the path is used")
+    return {**{c: summary.get(c) for c in SUMMARY_COLUMNS}, **key}
+
+
+def _planned_epochs(path: Path) -> float:
+    try:
+        return float(yaml.safe_load(path.read_text(encoding="utf-8"))["optim"]["epochs"])
+    except Exception:  # an unreadable config only loses the "of N" in "epoch k of N"
+        return float("nan")
+
+
+# --- reshaping ---------------------------------------------------------------------------------
+
+
+def _scalar_epochs(metrics: pd.DataFrame, key: dict) -> pd.DataFrame:
+    frame = metrics.reindex(columns=EPOCH_COLUMNS)
+    for name, value in key.items():
+        frame[name] = value
+    return frame[[*KEYS, *EPOCH_COLUMNS]]
+
+
+def _explode(metrics: pd.DataFrame, column: str, key: dict, unpack) -> list[dict]:
+    records = []
+    if column not in metrics:
+        return records
+    for epoch, layers in zip(metrics["epoch"], metrics[column]):
+        if not isinstance(layers, dict):
+            continue  # null for float runs
+        for layer, value in layers.items():
+            records.append({**key, "epoch": int(epoch), "layer": layer, **unpack(value)})
+    return records
+
+
+def _explode_step_sizes(metrics: pd.DataFrame, key: dict) -> pd.DataFrame:
+    def unpack(value):
+        if isinstance(value, dict):
+            return {k: value.get(k) for k in ("mean", "min", "max")}
+        return {"mean": value, "min": value, "max": value}
+
+    return pd.DataFrame(_explode(metrics, "step_sizes", key, unpack), columns=STEP_SIZE_COLUMNS)
+
+
+def _explode_layer_sparsity(metrics: pd.DataFrame, key: dict) -> pd.DataFrame:
+    records = _explode(metrics, "layer_sparsity", key, lambda v: {"sparsity": v})
+    return pd.DataFrame(records, columns=LAYER_SPARSITY_COLUMNS)
+
+
+def _frame(parts: list, columns: list[str], records: bool = False) -> pd.DataFrame:
+    if records:
+        frame = pd.DataFrame(parts, columns=columns)
+    else:
+        parts = [p for p in parts if len(p)]
+        frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    frame = frame.reindex(columns=columns)
+    for name in ("row", "seed"):
+        frame[name] = frame[name].astype("int64")
+    for name in ("dataset", "profile", "ablation"):
+        frame[name] = frame[name].astype(object)
+    if "epoch" in frame:
+        frame["epoch"] = frame["epoch"].astype("int64")
+    return frame.sort_values([c for c in (*KEYS, "epoch") if c in frame]).reset_index(drop=True)

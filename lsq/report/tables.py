@@ -1,0 +1,336 @@
+"""The seed-format results table of one (dataset, profile), as numbers and as display strings.
+
+``results_table`` returns the numbers (one row per table row 0-4, every aggregate over seeds);
+``format_results_table`` turns them into the seed's columns (ID, quan_lr, constr_w, constr_a,
+lr_base, epoch, test_acc, drop_acc; acc/drop for top-1 and top-5 on ImageNet) with the
+published value and Δ vs paper beside each measured one. Markdown and HTML both render the
+formatted DataFrame, so they cannot disagree.
+
+Drops are ``float baseline − row``. When every seed of a row has a float run of the same seed (the
+run it was fine-tuned from), the drop is the mean ± std of the per-seed paired drops; otherwise it
+is the difference of the means, marked "unpaired", with no std.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from lsq.experiments import Table, get_table
+
+NOT_RUN = "not run"
+DASH = "—"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over seeds with its sample std (NaN for n < 2) and n; ``paired`` for differences."""
+
+    mean: float
+    std: float
+    n: int
+    paired: bool = True
+
+    @property
+    def measured(self) -> bool:
+        return self.n > 0 and not math.isnan(self.mean)
+
+    def format(self, digits: int = 2, signed: bool = False, show_n: bool = True) -> str:
+        """``"92.20 ± 0.20 (n=3)"``; ``show_n=False`` where a seeds column gives n."""
+        if not self.measured:
+            return NOT_RUN
+        sign = "+" if signed else ""
+        mean = 0.0 if abs(self.mean) < 0.5 * 10**-digits else self.mean  # no "-0.00"
+        text = f"{mean:{sign}.{digits}f}"
+        if not self.paired:
+            return f"{text} (unpaired)"
+        if self.n >= 2:
+            text += f" ± {self.std:.{digits}f}"
+        return f"{text} (n={self.n})" if show_n else text
+
+
+EMPTY = Estimate(float("nan"), float("nan"), 0)
+
+
+def estimate(values: pd.Series | list[float]) -> Estimate:
+    values = pd.Series(values, dtype=float).dropna()
+    if values.empty:
+        return EMPTY
+    std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+    return Estimate(float(values.mean()), std, int(len(values)))
+
+
+def plain_runs(summaries: pd.DataFrame) -> pd.DataFrame:
+    """The table's own runs (no ablation)."""
+    return summaries[summaries["ablation"] == ""]
+
+
+def by_seed(summaries: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
+    """Final accuracy of the plain runs as a (seed × row) frame."""
+    return plain_runs(summaries).pivot_table(index="seed", columns="row",
+                                             values=f"final_{metric}", aggfunc="mean")
+
+
+def paired_difference(first: pd.Series, second: pd.Series) -> Estimate:
+    """``first − second`` over seeds: paired per seed when one seed set contains the other."""
+    first, second = first.dropna(), second.dropna()
+    if first.empty or second.empty:
+        return EMPTY
+    a, b = set(first.index), set(second.index)
+    if a <= b or b <= a:
+        common = sorted(a & b)
+        return estimate(first.loc[common] - second.loc[common])
+    return Estimate(float(first.mean() - second.mean()), float("nan"), min(len(a), len(b)), False)
+
+
+def row_difference(pivot: pd.DataFrame, first: int, second: int) -> Estimate:
+    """Accuracy of row ``first`` minus row ``second`` (a drop when ``first`` is 0)."""
+    if first not in pivot or second not in pivot:
+        return EMPTY
+    return paired_difference(pivot[first], pivot[second])
+
+
+def metric_columns(table: Table) -> dict[str, tuple[str, str]]:
+    """Seed column names per metric: (accuracy column, drop column)."""
+    if table.metrics == ("top1",):
+        return {"top1": ("test_acc", "drop_acc")}
+    return {m: (f"acc_{m}", f"drop_{m}") for m in table.metrics}
+
+
+def results_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Numbers of the seed-format table of one (dataset, profile), one row per table row.
+
+    ``summaries``/``in_progress``: the runs of that (dataset, profile) only (``Runs.select``).
+    Columns: the settings of ``Row.as_columns()``, ``epochs_run`` (min and max over seeds),
+    ``in_progress`` (count) and per metric ``m``: ``m_mean/std/n``, ``drop_m_mean/std/n/paired``,
+    ``paper_m``, ``paper_drop_m``, ``delta_m``, ``delta_drop_m`` (measured − published).
+    """
+    table = get_table(dataset)
+    runs = plain_runs(summaries)
+    waiting = in_progress[in_progress["ablation"] == ""] if len(in_progress) else in_progress
+    pivots = {metric: by_seed(summaries, metric) for metric in table.metrics}
+    records = []
+    for row in table.rows:
+        row_runs = runs[runs["row"] == row.id]
+        record = dict(row.as_columns())
+        record["epochs_min"] = row_runs["epochs"].min() if len(row_runs) else float("nan")
+        record["epochs_max"] = row_runs["epochs"].max() if len(row_runs) else float("nan")
+        record["in_progress"] = int((waiting["row"] == row.id).sum()) if len(waiting) else 0
+        record["data_kind"] = ",".join(sorted(set(row_runs["data_kind"].dropna())))
+        for metric in table.metrics:
+            pivot = pivots[metric]
+            accuracy = estimate(pivot[row.id]) if row.id in pivot else EMPTY
+            drop = row_difference(pivot, 0, row.id) if row.id != 0 else EMPTY
+            published = row.published.get(metric, float("nan"))
+            published_drop = row.published.get(f"drop_{metric}", float("nan"))
+            record.update({
+                f"{metric}_mean": accuracy.mean, f"{metric}_std": accuracy.std,
+                f"{metric}_n": accuracy.n,
+                f"drop_{metric}_mean": drop.mean, f"drop_{metric}_std": drop.std,
+                f"drop_{metric}_n": drop.n, f"drop_{metric}_paired": drop.paired,
+                f"paper_{metric}": published, f"paper_drop_{metric}": published_drop,
+                f"delta_{metric}": accuracy.mean - published,
+                f"delta_drop_{metric}": drop.mean - published_drop,
+            })
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _number(value: float, digits: int = 2, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    return f"{value:{'+' if signed else ''}.{digits}f}"
+
+
+def _epochs_run(record: pd.Series) -> str:
+    low, high = record["epochs_min"], record["epochs_max"]
+    if math.isnan(low):
+        return DASH
+    return f"{int(low)}" if low == high else f"{int(low)}–{int(high)}"
+
+
+def _measured_cell(estimate_: Estimate, in_progress: int, seeds: int, signed: bool = False) -> str:
+    if not estimate_.measured:
+        return "in progress" if in_progress else NOT_RUN
+    # n is in the seeds column; a cell says its own n only when it rests on fewer seeds.
+    return estimate_.format(signed=signed, show_n=estimate_.n != seeds)
+
+
+def _seeds_cell(seeds: int, in_progress: int) -> str:
+    if not seeds and not in_progress:
+        return DASH
+    return f"{seeds}" + (f" (+{in_progress} running)" if in_progress else "")
+
+
+MEASURED, PAPER, DELTA = "measured", "paper", "Δ"
+
+
+def format_results_table(numbers: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Display strings in the seed's column order, published value and Δ beside each number.
+
+    Columns are two-level: ``(seed column, "")`` for settings, and for tables with published
+    numbers ``(seed column, "measured" | "paper" | "Δ")``; ``flat_name`` gives one-line names.
+    Accuracies and drops read "mean ± std" over the seeds of the ``seeds`` column (a single seed
+    shows its value and seeds = 1); runs still training are counted there as "(+k running)".
+    """
+    table = get_table(dataset)
+    columns = metric_columns(table)
+    paper_epochs = set(numbers["epoch"]) if len(numbers) else set()
+    # One paper epoch count for all rows (the seed's 90) goes into the header, not every cell.
+    epoch_header = f"epoch (paper {paper_epochs.pop()})" if len(paper_epochs) == 1 else "epoch"
+    rows = []
+    for _, record in numbers.iterrows():
+        epochs = _epochs_run(record)
+        out = {
+            ("ID", ""): str(record["ID"]), ("quan_lr", ""): record["quan_lr"],
+            ("constr_w", ""): record["constr_w"], ("constr_a", ""): record["constr_a"],
+            ("lr_base", ""): f"{record['lr_base']:g}",
+            (epoch_header, ""): epochs if epoch_header != "epoch"
+            else f"{epochs} (paper {record['epoch']})",
+            ("seeds", ""): _seeds_cell(int(record[f"{table.metrics[0]}_n"]),
+                                       int(record["in_progress"])),
+        }
+        for kind, prefix, signed in (("acc", "", False), ("drop", "drop_", True)):
+            for metric, names in columns.items():
+                name = names[0] if kind == "acc" else names[1]
+                value = Estimate(record[f"{prefix}{metric}_mean"], record[f"{prefix}{metric}_std"],
+                                 int(record[f"{prefix}{metric}_n"]),
+                                 bool(record.get(f"{prefix}{metric}_paired", True)))
+                if kind == "drop" and record["ID"] == 0:
+                    cell = "reference"
+                else:
+                    cell = _measured_cell(value, int(record["in_progress"]),
+                                          int(record[f"{metric}_n"]), signed=signed)
+                if not table.has_published:
+                    out[(name, "")] = cell
+                    continue
+                out[(name, MEASURED)] = cell
+                out[(name, PAPER)] = _number(record[f"paper_{prefix}{metric}"])
+                out[(name, DELTA)] = _number(record[f"delta_{prefix}{metric}"], signed=True)
+        rows.append(out)
+    keys = list(rows[0]) if rows else [("ID", "")]
+    return pd.DataFrame(rows, columns=pd.MultiIndex.from_tuples(keys))
+
+
+def flat_name(column) -> str:
+    """One-line name of a (group, sub) column: "test_acc", "test_acc (paper)", "Δ test_acc"."""
+    if not isinstance(column, tuple):
+        return str(column)
+    group, sub = column
+    if sub in ("", MEASURED):
+        return group
+    return f"Δ {group}" if sub == DELTA else f"{group} ({sub})"
+
+
+def flatten(frame: pd.DataFrame) -> pd.DataFrame:
+    """The same frame with one-line column names (markdown, simple consumers)."""
+    if not isinstance(frame.columns, pd.MultiIndex):
+        return frame
+    return frame.set_axis([flat_name(c) for c in frame.columns], axis=1)
+
+
+def implied_float_baselines(dataset: str) -> pd.DataFrame:
+    """The published float accuracy each quantized row implies (accuracy + drop), per metric.
+
+    The paper's table gives no float row; each row implies one, and they differ by a few
+    hundredths (e.g. CIFAR-10 row 2 implies 89.54, the others 89.56).
+    """
+    table = get_table(dataset)
+    records = []
+    for row in table.rows:
+        if row.is_float or not row.published:
+            continue
+        record = {"ID": row.id}
+        for metric in table.metrics:
+            if metric in row.published and f"drop_{metric}" in row.published:
+                record[f"implied float {metric}"] = round(
+                    row.published[metric] + row.published[f"drop_{metric}"], 2)
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def implied_baseline_note(dataset: str) -> str:
+    """One sentence on the implied published float baselines and their spread; "" if none."""
+    table = get_table(dataset)
+    implied = implied_float_baselines(dataset)
+    if implied.empty:
+        return ""
+    parts = []
+    for metric in table.metrics:
+        used = table.row(0).published[metric]
+        column = implied[f"implied float {metric}"]
+        agree = [str(i) for i, v in zip(implied["ID"], column) if abs(v - used) < 1e-9]
+        differ = {}
+        for i, v in zip(implied["ID"], column):
+            if abs(v - used) >= 1e-9:
+                differ.setdefault(f"{v:.2f}", []).append(str(i))
+        notes = [_rows_text(agree)] + [f"{_rows_text(ids)} impl{'y' if len(ids) > 1 else 'ies'} "
+                                       f"{value}" for value, ids in differ.items()]
+        parts.append(f"{metric} {used:.2f} ({'; '.join(notes)})")
+    return ("The paper publishes no float row; accuracy + drop of each row implies one. This "
+            f"report uses {' and '.join(parts)}. The differences are rounding in the published "
+            "table.")
+
+
+def _rows_text(ids: list[str]) -> str:
+    return f"row{'s' if len(ids) > 1 else ''} {', '.join(ids)}"
+
+
+def provenance_table(summaries: pd.DataFrame) -> pd.DataFrame:
+    """One line per finished run: where and how it ran (display strings)."""
+    if summaries.empty:
+        return pd.DataFrame(columns=["run", "data", "epochs", "wall time", "device", "torch",
+                                     "git SHA", "finished"])
+    frame = summaries.sort_values(["row", "ablation", "seed"])
+    return pd.DataFrame({
+        "run": frame["path"],
+        "data": frame["data_kind"],
+        "epochs": frame["epochs"].map(lambda v: _number(v, 0)),
+        "wall time": frame["wall_seconds"].map(format_duration),
+        "device": frame["device"].fillna(DASH),
+        "torch": frame["torch_version"].fillna(DASH),
+        "git SHA": frame["git_sha"].fillna(DASH),
+        "finished": frame["finished_at"].fillna(DASH),
+    }).reset_index(drop=True)
+
+
+def compute_totals(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Device-hours per device (sum of the runs' wall time), with a total line."""
+    if summaries.empty:
+        return pd.DataFrame(columns=["device", "runs", "device-hours"])
+    grouped = summaries.groupby(summaries["device"].fillna("unknown"), sort=True)
+    frame = pd.DataFrame({
+        "runs": grouped.size(),
+        "hours": grouped["wall_seconds"].sum() / 3600.0,
+    }).reset_index()
+    total = pd.DataFrame({"device": ["total"], "runs": [int(frame["runs"].sum())],
+                          "hours": [frame["hours"].sum()]})
+    frame = pd.concat([frame, total], ignore_index=True)
+    frame["device-hours"] = frame.pop("hours").map(lambda h: f"{h:.3f}")
+    return frame
+
+
+def format_duration(seconds: float) -> str:
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return DASH
+    seconds = float(seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 3 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def in_progress_table(in_progress: pd.DataFrame) -> pd.DataFrame:
+    """Runs without summary.json: epochs done so far, never a result."""
+    if in_progress.empty:
+        return pd.DataFrame(columns=["run", "epochs done"])
+    return pd.DataFrame({
+        "run": in_progress["path"],
+        "epochs done": [
+            f"{done} of {int(planned)}" if not math.isnan(planned) else f"{done}"
+            for done, planned in zip(in_progress["epochs_done"], in_progress["epochs_planned"])
+        ],
+    })

@@ -1,0 +1,346 @@
+"""lsq.report on fabricated runs with known numbers: collection, tables, claims, analysis,
+figures."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pandas as pd
+import pytest
+from report_fixtures import FINAL_TOP1, write_fake_runs, write_run
+
+from lsq.report import analysis, claims, figures, tables
+from lsq.report.collect import RunWarning, load_runs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = write_fake_runs(tmp_path_factory.mktemp("runs"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RunWarning)
+        return load_runs(root)
+
+
+def page(runs, dataset, profile):
+    return runs.select(dataset, profile)
+
+
+def numbers(runs, dataset, profile):
+    selected = page(runs, dataset, profile)
+    return tables.results_table(selected.summaries, selected.in_progress, dataset).set_index("ID")
+
+
+# --- collect -------------------------------------------------------------------------------------
+
+
+def test_summaries_hold_finished_runs_only(runs):
+    expected = sum(len(seeds) for pages in FINAL_TOP1.values() for seeds in pages.values())
+    assert len(runs.summaries) == expected
+    fashion = runs.summaries[(runs.summaries["dataset"] == "fashion-mnist")]
+    assert sorted(fashion[(fashion["row"] == 4) & (fashion["ablation"] == "")]["seed"]) == [0, 1]
+    assert set(runs.summaries["ablation"]) >= {"", "init-x4", "sched-step"}
+    assert runs.pages() == [("fashion-mnist", "quick"), ("cifar10", "paper"),
+                            ("imagenet", "quick"), ("synthetic", "smoke")]
+
+
+def test_in_progress_run_is_listed_not_a_result(runs):
+    waiting = runs.in_progress
+    assert waiting[["dataset", "row", "seed", "epochs_done", "epochs_planned"]].values.tolist() == [
+        ["fashion-mnist", 4, 2, 1, 2.0]]
+    assert not ((runs.epochs["row"] == 4) & (runs.epochs["seed"] == 2)
+                & (runs.epochs["dataset"] == "fashion-mnist")).any()
+    shown = tables.in_progress_table(waiting)
+    assert shown.values.tolist() == [["fashion-mnist/quick/row4/seed2", "1 of 2"]]
+
+
+def test_corrupt_metrics_line_is_skipped_with_a_warning(tmp_path):
+    root = write_fake_runs(tmp_path, ("fashion-mnist",))
+    with pytest.warns(RunWarning, match="line 4 is not valid JSON"):
+        loaded = load_runs(root)
+    assert loaded.problems == ["fashion-mnist/quick/row1/seed0/metrics.jsonl: "
+                               "line 4 is not valid JSON; skipped"]
+    run = loaded.epochs[(loaded.epochs["row"] == 1) & (loaded.epochs["seed"] == 0)
+                        & (loaded.epochs["ablation"] == "")]
+    assert run["epoch"].tolist() == [0, 1, 2]
+
+
+def test_unreadable_summary_means_not_finished(tmp_path):
+    run_dir = write_run(tmp_path, "synthetic", "smoke", "row0", 0, 10.0, data_kind="synthetic")
+    (run_dir / "summary.json").write_text('{"dataset": "synth')
+    with pytest.warns(RunWarning, match="unreadable"):
+        loaded = load_runs(tmp_path)
+    assert loaded.summaries.empty
+    assert loaded.in_progress["path"].tolist() == ["synthetic/smoke/row0/seed0"]
+
+
+def test_missing_runs_dir_gives_empty_frames(tmp_path):
+    loaded = load_runs(tmp_path / "nothing")
+    assert loaded.summaries.empty and loaded.epochs.empty and loaded.pages() == []
+    table = tables.flatten(tables.format_results_table(
+        tables.results_table(loaded.summaries, loaded.in_progress, "cifar10"), "cifar10"))
+    assert set(table["test_acc"]) == {"not run"}
+    assert table["test_acc (paper)"].tolist() == ["89.56", "89.69", "89.55", "87.68", "87.24"]
+
+
+def test_epochs_and_exploded_step_sizes(runs):
+    epochs = runs.epochs
+    quantized = epochs[(epochs["dataset"] == "fashion-mnist") & (epochs["row"] == 3)
+                       & (epochs["seed"] == 0) & (epochs["ablation"] == "")]
+    assert quantized["epoch"].tolist() == [0, 1, 2]  # epoch 0: after step-size init
+    assert quantized["test_top1"].tolist() == [88.0, 89.0, 90.0]
+    steps = runs.step_sizes
+    row3 = steps[(steps["dataset"] == "fashion-mnist") & (steps["row"] == 3) & (steps["seed"] == 0)
+                 & (steps["ablation"] == "") & (steps["epoch"] == 0)]
+    assert len(row3) == 36  # 18 convs x (weight, input), first/last float
+    assert "layer1.0.conv1.input_quantizer" in set(row3["layer"])
+    float_steps = steps[steps["row"] == 0]
+    assert float_steps.empty
+    imagenet_float = epochs[(epochs["dataset"] == "imagenet") & (epochs["row"] == 0)]
+    assert imagenet_float["epoch"].unique().tolist() == [0]  # pretrained: evaluation only
+
+
+# --- tables ----------------------------------------------------------------------------------
+
+
+def test_fashion_table_means_and_paired_drops(runs):
+    n = numbers(runs, "fashion-mnist", "quick")
+    assert n.loc[0, "top1_mean"] == pytest.approx(92.2)
+    assert n.loc[0, "top1_std"] == pytest.approx(0.2)
+    assert n.loc[0, "top1_n"] == 3
+    assert n.loc[1, "drop_top1_mean"] == pytest.approx(0.1)  # paired: 0.1, 0.3, -0.1
+    assert n.loc[1, "drop_top1_std"] == pytest.approx(0.2)
+    assert n.loc[3, "drop_top1_mean"] == pytest.approx(2.0)
+    # row 4 has seeds 0 and 1 only (seed 2 in progress): paired over those two seeds
+    assert n.loc[4, "top1_n"] == 2
+    assert n.loc[4, "drop_top1_mean"] == pytest.approx(2.9)
+    assert n.loc[4, "in_progress"] == 1
+    assert n["epochs_max"].tolist() == [4, 2, 2, 2, 2]
+
+
+def test_fashion_table_display(runs):
+    n = numbers(runs, "fashion-mnist", "quick").reset_index()
+    shown = tables.flatten(tables.format_results_table(n, "fashion-mnist"))
+    assert shown.columns.tolist() == ["ID", "quan_lr", "constr_w", "constr_a", "lr_base",
+                                      "epoch (paper 90)", "seeds", "test_acc", "drop_acc"]
+    assert shown.loc[0].tolist() == ["0", "no", "none", "none", "0.1", "4", "3",
+                                     "92.20 ± 0.20", "reference"]  # no published table: no Δ
+    assert shown.loc[1, "drop_acc"] == "+0.10 ± 0.20"
+    assert shown.loc[4, ["seeds", "test_acc", "drop_acc"]].tolist() == [
+        "2 (+1 running)", "89.30 ± 0.42", "+2.90 ± 0.14"]
+
+
+def test_cifar_table_published_and_deltas(runs):
+    n = numbers(runs, "cifar10", "paper")
+    assert n.loc[1, "paper_top1"] == 89.69
+    assert n.loc[1, "delta_top1"] == pytest.approx(91.3 - 89.69)
+    assert n.loc[1, "drop_top1_mean"] == pytest.approx(-0.1)
+    assert n.loc[1, "delta_drop_top1"] == pytest.approx(-0.1 - (-0.13))
+    assert n.loc[0, "paper_top1"] == 89.56 and n.loc[0, "delta_top1"] == pytest.approx(1.64)
+    grouped = tables.format_results_table(n.reset_index(), "cifar10")
+    assert list(grouped.columns[7:10]) == [("test_acc", "measured"), ("test_acc", "paper"),
+                                           ("test_acc", "Δ")]
+    shown = tables.flatten(grouped).set_index("ID")
+    assert shown.loc["4", "test_acc"] == "not run"
+    assert shown.loc["4", "drop_acc"] == "not run"
+    assert shown.loc["4", "seeds"] == "—"
+    assert shown.loc["1", "test_acc"] == "91.30 ± 0.14"
+    assert shown.loc["4", "test_acc (paper)"] == "87.24"
+    assert shown.loc["4", "Δ test_acc"] == "—"
+    assert shown.loc["4", "epoch (paper 90)"] == "—"
+    assert shown.loc["1", "Δ test_acc"] == "+1.61"
+    assert shown.loc["1", "Δ drop_acc"] == "+0.03"
+
+
+def test_imagenet_table_has_top1_and_top5(runs):
+    n = numbers(runs, "imagenet", "quick")
+    assert n.loc[1, "drop_top1_mean"] == pytest.approx(9.26)
+    assert n.loc[1, "drop_top5_mean"] == pytest.approx(6.08)
+    assert n.loc[2, "delta_top5"] == pytest.approx(81.0 - 87.70)
+    shown = tables.flatten(tables.format_results_table(n.reset_index(), "imagenet"))
+    for column in ("acc_top1", "acc_top5", "drop_top1", "drop_top5", "acc_top5 (paper)",
+                   "Δ drop_top5"):
+        assert column in shown.columns
+    assert shown.loc[0, "epoch (paper 90)"] == "0"
+    assert shown.loc[3, "acc_top5"] == "not run"
+
+
+def test_single_seed_has_no_std(runs):
+    n = numbers(runs, "synthetic", "smoke").reset_index()
+    shown = tables.flatten(tables.format_results_table(n, "synthetic"))
+    assert shown.loc[1, ["seeds", "test_acc", "drop_acc"]].tolist() == ["1", "11.00", "+1.00"]
+
+
+def test_unpaired_difference_when_seed_sets_overlap_partly():
+    first = pd.Series({0: 90.0, 1: 91.0})
+    second = pd.Series({1: 89.0, 2: 88.0})
+    estimate = tables.paired_difference(first, second)
+    assert not estimate.paired and estimate.mean == pytest.approx(2.0)
+    assert estimate.format() == "2.00 (unpaired)"
+    nested = tables.paired_difference(pd.Series({0: 90.0, 1: 91.0, 2: 92.0}),
+                                      pd.Series({0: 89.0, 1: 89.0}))
+    assert nested.paired and nested.n == 2 and nested.mean == pytest.approx(1.5)
+
+
+def test_implied_float_baselines():
+    implied = tables.implied_float_baselines("cifar10")
+    assert implied["implied float top1"].tolist() == [89.56, 89.54, 89.56, 89.56]
+    note = tables.implied_baseline_note("cifar10")
+    assert "uses top1 89.56 (rows 1, 3, 4; row 2 implies 89.54)" in note
+    assert tables.implied_float_baselines("fashion-mnist").empty
+
+
+def test_compute_totals_in_device_hours(runs):
+    totals = tables.compute_totals(page(runs, "fashion-mnist", "quick").summaries)
+    assert totals.iloc[-1].tolist() == ["total", 27, "2.700"]  # 27 runs x 360 s
+
+
+# --- claims ----------------------------------------------------------------------------------
+
+
+def verdicts(runs, dataset, profile):
+    selected = page(runs, dataset, profile)
+    return {v.claim.key: v for v in claims.evaluate_claims(selected.summaries, dataset)}
+
+
+def test_claims_on_fashion(runs):
+    v = verdicts(runs, "fashion-mnist", "quick")
+    assert v["weight-only-no-drop"].verdict == claims.HOLDS
+    assert v["weight-only-no-drop"].evidence == "drop row 1 = +0.10 ± 0.20 (n=3)"
+    assert v["weight-only-no-drop"].n_seeds == 3
+    assert v["activations-cost"].verdict == claims.HOLDS
+    assert "row 1 − row 3 = +1.90 ± 0.20 (n=3)" in v["activations-cost"].evidence
+    assert "row 2 − row 4 = +2.40 ± 0.14 (n=2)" in v["activations-cost"].evidence
+    assert v["first-last-not-obvious"].verdict == claims.HOLDS  # +0.40 and +0.90 <= 1
+    assert "within one seed std" in v["first-last-not-obvious"].caveat  # 0.90 ± 0.14 vs 1.0
+    assert v["weight-only-generalises"].verdict == claims.FAILS  # drop +0.10 > 0
+    assert v["full-quantization-gap"].verdict == claims.HOLDS  # 2.90 > 2
+    assert v["weight-only-no-drop"].paper_verdict == ""  # nothing published for this data
+
+
+def test_claims_not_measured_and_paper_verdicts(runs):
+    v = verdicts(runs, "cifar10", "paper")
+    assert v["full-quantization-gap"].verdict == claims.NOT_MEASURED  # row 4 not run
+    assert v["full-quantization-gap"].n_seeds == 0
+    assert v["full-quantization-gap"].paper_verdict == claims.HOLDS  # 2.32 > 2
+    assert v["first-last-not-obvious"].paper_verdict == claims.HOLDS  # 0.12, 0.44
+    assert "only part of the comparison" in v["first-last-not-obvious"].caveat
+    assert v["weight-only-generalises"].verdict == claims.HOLDS  # drop -0.10
+    imagenet = verdicts(runs, "imagenet", "quick")
+    assert "first-last-matters" in imagenet
+    assert imagenet["first-last-matters"].verdict == claims.HOLDS  # row 1 − row 2 = 3.00
+    assert imagenet["weight-only-no-drop"].verdict == claims.FAILS  # 9.26
+    assert imagenet["weight-only-no-drop"].paper_verdict == claims.HOLDS  # 0.26
+
+
+def test_single_seed_and_synthetic_verdicts_say_so(runs):
+    for verdict in verdicts(runs, "synthetic", "smoke").values():
+        assert verdict.n_seeds == 1
+        assert "synthetic data" in verdict.caveat and "single seed" in verdict.caveat
+
+
+def test_cross_dataset_first_last_claim(runs):
+    verdict = claims.first_last_across_datasets(runs.summaries)
+    assert verdict.verdict == claims.HOLDS
+    assert verdict.evidence.endswith("difference +2.70")  # imagenet 3.00 vs cifar10 0.30
+    no_imagenet = runs.summaries[runs.summaries["dataset"] != "imagenet"]
+    assert claims.first_last_across_datasets(no_imagenet).verdict == claims.NOT_MEASURED
+
+
+# --- analysis --------------------------------------------------------------------------------
+
+
+def ablation(runs, factor):
+    selected = page(runs, "fashion-mnist", "quick")
+    return analysis.ablation_table(selected.summaries, selected.in_progress, factor)
+
+
+def test_step_init_ablation_numbers(runs):
+    table = ablation(runs, "step_init").set_index(["ablation", "row"])
+    x4 = table.loc[("init-x4", 1)]
+    assert x4["top1_mean"] == pytest.approx(89.0)
+    assert x4["delta_mean"] == pytest.approx(-3.0) and x4["delta_n"] == 2
+    assert x4["nonzero_mean"] == pytest.approx(0.2)
+    assert table.loc[("", 1), "top1_n"] == 3  # baseline: the plain table runs
+    assert table.loc[("init-maxabs", 3), "top1_n"] == 0
+    shown = analysis.format_ablation_table(ablation(runs, "step_init"))
+    maxabs = shown[shown["setting"] == "max|v|/Q_P init"]
+    assert maxabs["final top-1"].tolist() == ["not run", "not run"]
+    assert shown.loc[0].tolist() == ["LSQ init x1 (baseline)", "1", "92.10 ± 0.20 (n=3)",
+                                     "reference", "60.0%"]
+
+
+def test_ablation_verdicts(runs):
+    sentences = analysis.verdicts(ablation(runs, "step_init"))
+    assert "LSQ init x4 costs 3.00 points on row 1 (2 seeds), ending with 20% nonzero weights." \
+        in sentences
+    assert "max|v|/Q_P init on row 1: not run." in sentences
+    scheduler = analysis.verdicts(ablation(runs, "scheduler"))
+    # step lr on row 1: -0.2 and +0.2 vs baseline -> mean 0, within the seed std: inconclusive
+    assert any(s.startswith("step lr on row 1: +0.00 points, within the seed std")
+               and "inconclusive" in s for s in scheduler)
+    step_lr = analysis.verdicts(ablation(runs, "step_lr"))
+    assert "step-size lr x10 costs 1.90 points on row 1 (1 seed, no spread estimate: " \
+           "indicative only), ending with 60% nonzero weights." in step_lr
+
+
+def test_has_ablations(runs):
+    for dataset, profile, expected in [("fashion-mnist", "quick", True),
+                                       ("cifar10", "paper", False)]:
+        selected = page(runs, dataset, profile)
+        assert analysis.has_ablations(selected.summaries, selected.in_progress) is expected
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+
+def labels(fig):
+    return [line.get_label() for ax in fig.axes for line in ax.get_lines()]
+
+
+def test_accuracy_curves_lines(runs):
+    fig = figures.accuracy_curves(page(runs, "fashion-mnist", "quick"), (1, 2))
+    assert labels(fig) == [
+        "row 0: float training (n=3)", "float baseline, final mean (n=3)",
+        "row 1: w[-1,0,1], first/last float (n=3)", "row 2: w[-1,0,1], first/last quantized (n=3)",
+    ]
+    row1 = fig.axes[0].get_lines()[2]
+    assert list(row1.get_xdata()) == [0, 1, 2]
+    assert list(row1.get_ydata()) == pytest.approx([90.1, 91.1, 92.1])
+    assert len(fig.axes[0].collections) == 3  # ±std bands: float, row 1, row 2
+    cifar = figures.accuracy_curves(page(runs, "cifar10", "paper"), (3, 4))
+    assert "row 4: not run" in labels(cifar)
+
+
+def test_step_size_sparsity_and_ablation_figures(runs):
+    selected = page(runs, "fashion-mnist", "quick")
+    steps = figures.step_size_trajectories(selected)
+    assert len(steps.axes) == 8  # rows 1-4 x (weights, activations)
+    assert len(steps.axes[0].get_lines()) == 5  # representative layers
+    assert [t.get_text() for t in steps.axes[1].texts] == ["no activations quantizers"]
+    sparsity = figures.weight_sparsity(selected)
+    row1 = sparsity.axes[0].get_lines()[0]
+    assert list(row1.get_ydata()) == pytest.approx([44.0, 42.0, 40.0])  # percent zeros
+    bars = figures.ablation_final_accuracy(selected, "step_init")
+    assert len(bars.axes) == 2 and len(bars.axes[0].patches) == 3  # maxabs not run
+    nonzero = figures.ablation_nonzero_fraction(selected)
+    legend = [t.get_text() for t in nonzero.legends[0].get_texts()]
+    assert legend == ["LSQ init x1 (n=3)", "LSQ init x0.25 (n=2)", "LSQ init x4 (n=2)",
+                      "max|v|/Q_P init (not run)"]
+    assert len(nonzero.axes[0].get_lines()) == 3
+
+
+def test_synthetic_figures_are_labelled(runs):
+    fig = figures.weight_sparsity(page(runs, "synthetic", "smoke"))
+    assert fig.get_suptitle().endswith("— SYNTHETIC DATA")
+    real = figures.weight_sparsity(page(runs, "cifar10", "paper"))
+    assert "SYNTHETIC" not in real.get_suptitle()
+
+
+def test_summary_identity_comes_from_the_path(tmp_path):
+    run_dir = write_run(tmp_path, "cifar10", "paper", "row1", 3, 90.0)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "seed": 7}))
+    with pytest.warns(RunWarning, match="disagrees with the path"):
+        loaded = load_runs(tmp_path)
+    assert loaded.summaries["seed"].tolist() == [3]

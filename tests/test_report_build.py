@@ -1,0 +1,132 @@
+"""build_report end to end on fabricated runs: every file, banner, provenance; notebooks once."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from report_fixtures import built_report, shared_dir
+
+from lsq.report import build_report, main
+
+PAGES = ["fashion-mnist-quick", "cifar10-paper", "imagenet-quick", "synthetic-smoke"]
+ANALYSIS = ["fashion-mnist-quick", "synthetic-smoke"]
+FIGURES = ["acc-weight-only", "acc-full", "step-sizes", "sparsity"]
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    return built_report("full", shared_dir(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def with_notebooks(tmp_path_factory):
+    return built_report("notebooks", shared_dir(tmp_path_factory))
+
+
+def test_writes_every_expected_file(full):
+    out = full.out
+    expected = ["index.md", *(f"{p}.md" for p in PAGES), *(f"{p}-analysis.md" for p in ANALYSIS),
+                "site/index.html", "site/style.css", "site/pygments.css",
+                *(f"site/{p}.html" for p in PAGES), *(f"site/{p}-analysis.html" for p in ANALYSIS),
+                *(f"site/figures/{p}-{f}.png" for p in PAGES for f in FIGURES),
+                *(f"site/figures/{p}-ablation-{factor}.png" for p in ANALYSIS
+                  for factor in ("step_init", "step_lr", "scheduler")),
+                "site/figures/fashion-mnist-quick-ablation-step_init-nonzero.png"]
+    missing = [name for name in expected if not (out / name).is_file()]
+    assert not missing
+    assert not (out / "cifar10-paper-analysis.md").exists()  # no ablation runs there
+    assert not (out / "site" / "notebooks").exists()  # execute_notebooks=False
+    for png in (out / "site" / "figures").glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_markdown_and_html_show_the_same_table(full):
+    markdown = (full.out / "cifar10-paper.md").read_text()
+    html = (full.out / "site" / "cifar10-paper.html").read_text()
+    for cell in ("91.30 ± 0.14", "+1.61", "87.24", "not run", "-0.10 ± 0.14"):
+        assert cell in markdown and cell in html
+    header = next(line for line in markdown.splitlines() if line.startswith("| ID |"))
+    assert header.count("|") == 14  # 13 columns: 7 settings + (measured, paper, Δ) x (acc, drop)
+    table = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in table[:7]}) == 1  # header, rule, rows 0-4 aligned
+
+
+def test_synthetic_pages_carry_the_banner(full):
+    banner = "SYNTHETIC DATA: numbers measure nothing about LSQ"
+    for name in ("site/synthetic-smoke.html", "site/synthetic-smoke-analysis.html",
+                 "synthetic-smoke.md", "synthetic-smoke-analysis.md"):
+        assert banner in (full.out / name).read_text(), name
+    for name in ("site/cifar10-paper.html", "cifar10-paper.md", "site/fashion-mnist-quick.html"):
+        assert banner not in (full.out / name).read_text(), name
+
+
+def test_provenance_and_notes_on_every_page(full):
+    for name in PAGES:
+        for text in ((full.out / f"{name}.md").read_text(),
+                     (full.out / "site" / f"{name}.html").read_text()):
+            assert "fab0001" in text  # git SHA
+            assert "2.14.1" in text  # torch
+            assert "cpu (fabricated, 2 threads)" in text
+            assert "device-hours" in text
+            assert "the normalised image" in text  # quan_lr interpretation
+    fashion = (full.out / "fashion-mnist-quick.md").read_text()
+    assert "float baseline 4 epochs; quantized rows 2 epochs (the paper: 90)" in fashion
+    assert "| total | 27 | 2.700 |" in fashion
+    cifar = (full.out / "cifar10-paper.md").read_text()
+    assert "row 2 implies 89.54" in cifar
+    imagenet = (full.out / "imagenet-quick.md").read_text()
+    assert "pretrained weights, evaluated only" in imagenet
+
+
+def test_in_progress_and_corrupt_runs_are_reported_not_used(full):
+    index = (full.out / "index.md").read_text()
+    assert "fashion-mnist/quick/row4/seed2 | 1 of 2" in index
+    assert "fashion-mnist/quick/row1/seed0/metrics.jsonl: line 4 is not valid JSON" in index
+    fashion = (full.out / "fashion-mnist-quick.md").read_text()
+    assert "| 2 (+1 running) | 89.30 ± 0.42 | +2.90 ± 0.14 |" in fashion
+
+
+def test_analysis_page(full):
+    text = (full.out / "fashion-mnist-quick-analysis.md").read_text()
+    for title in ("Step-size initial value", "Step-size learning rate", "Learning-rate scheduler"):
+        assert f"## {title}" in text
+    assert "LSQ init x4 costs 3.00 points on row 1 (2 seeds)" in text
+    assert "constant lr on row 3: not run." in text
+
+
+def test_empty_runs_dir_renders_a_page(tmp_path):
+    index = build_report(tmp_path / "none", tmp_path / "report", execute_notebooks=False)
+    assert "No run directories found" in index.read_text()
+    assert (tmp_path / "report" / "index.md").is_file()
+
+
+def test_main_cli(tmp_path, capsys):
+    status = main(["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+                   "--no-notebooks"])
+    assert status == 0
+    assert (tmp_path / "out" / "site" / "index.html").is_file()
+    assert "index.html" in capsys.readouterr().out
+
+
+def test_notebooks_execute_into_the_site(with_notebooks):
+    assert with_notebooks.errors == []
+    site = with_notebooks.out / "site"
+    for kind in ("table", "analysis"):
+        notebook = site / "notebooks" / f"{kind}-synthetic-smoke.ipynb"
+        html = site / "notebooks" / f"{kind}-synthetic-smoke.html"
+        assert notebook.is_file() and html.is_file()
+        cells = json.loads(notebook.read_text())["cells"]
+        outputs = json.dumps([c.get("outputs", []) for c in cells])
+        assert '"output_type": "error"' not in outputs
+        assert "image/png" in outputs  # the figures rendered inline
+        # papermill ran the notebook with this environment's interpreter (the venv's bin/)
+        streams = "".join("".join(o.get("text", "")) for c in cells for o in c.get("outputs", []))
+        kernel = next(line for line in streams.splitlines() if line.startswith("kernel: "))
+        assert Path(kernel.removeprefix("kernel: ")).parent == Path(sys.executable).parent
+        assert "SYNTHETIC DATA" in html.read_text()
+        assert f"notebooks/{kind}-synthetic-smoke.html" in (site / "index.html").read_text()
+    table = json.dumps(json.loads((site / "notebooks" / "table-synthetic-smoke.ipynb").read_text()))
+    assert "10.50" in table and "+1.50" in table  # row 2 of the seed-format table
