@@ -140,7 +140,7 @@ def step_size_trajectories(runs: Runs, rows: tuple[int, ...] = (1, 2, 3, 4),
     """Step size vs epoch for a few representative layers: one panel row per table row, weight
     quantizers left, activation (input) quantizers right; mean over seeds, log scale."""
     steps = _plain(runs.step_sizes)
-    fig, axes = _figure(len(rows), 2, size=(7.2, 1.9 * len(rows) + 0.6), sharex=True)
+    fig, axes = _figure(len(rows), 2, size=(9.0, 1.9 * len(rows) + 0.6), sharex=True)
     for i, row in enumerate(rows):
         frame = steps[steps["row"] == row]
         order = list(dict.fromkeys(frame.sort_values(["seed", "epoch"])["layer"]))
@@ -154,7 +154,8 @@ def step_size_trajectories(runs: Runs, rows: tuple[int, ...] = (1, 2, 3, 4),
                         linewidth=1.2, label=layer.rsplit("_quantizer", 1)[0])
             if chosen:
                 ax.set_yscale("log")
-                ax.legend(fontsize=6.5, loc="best")
+                # Beside the panel, not on it: the trajectories fill the axes.
+                ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
             else:
                 ax.text(0.5, 0.5, "not run" if frame.empty else f"no {kind} quantizers",
                         ha="center", va="center", transform=ax.transAxes, color="#777777")
