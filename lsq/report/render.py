@@ -428,7 +428,10 @@ def _overview(pages: list[Page]) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m lsq report``: render the report from whatever runs exist."""
-    parser = argparse.ArgumentParser(prog="lsq report", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m lsq report",
+        description="Render report/*.md and the static site report/site/ from the run "
+                    "directories; rows that were not run show as 'not run'.")
     parser.add_argument("--runs-dir", default="runs", help="runs directory to read (default: runs)")
     parser.add_argument("--out", default="report", help="output directory (default: report)")
     parser.add_argument("--no-notebooks", action="store_true",
