@@ -93,8 +93,7 @@ $(addprefix check-,$(DATASETS)): check-%: | $(STAMP)
 report: | $(STAMP) ## render report/*.md and report/site/ from whatever runs exist (missing rows: "not run")
 	$(PY) -m lsq report --runs-dir $(RUNS) --out report $(REPORT_ARGS)
 
-notebooks: | $(STAMP) ## execute the papermill notebooks into report/site/notebooks/
-	$(PY) -m lsq report --runs-dir $(RUNS) --out report --notebooks-only
+notebooks: report ## execute the papermill notebooks (part of every report) into report/site/notebooks/
 
 smoke: ## whole pipeline on synthetic data, smoke profile, 2 seeds, to report/site/ (a few minutes on a CPU)
 	$(MAKE) synthetic PROFILE=smoke SEEDS="0 1" DEVICE=$(DEVICE) RUNS=$(RUNS)

@@ -20,7 +20,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from lsq.convert import quantize_model, quantizers
 from lsq.experiments import get_table
 from lsq.layers import QConv2d, QLinear
 from lsq.models import build_model
-from lsq.quantizer import LsqQuantizer
+from lsq.quantizer import MIN_STEP_SIZE
 
 
 TORCHVISION_WEIGHT_NAMES = ("IMAGENET1K_V1", "DEFAULT")
@@ -188,6 +188,19 @@ def step_size_summary(model: nn.Module) -> dict[str, dict[str, float]]:
     return summary
 
 
+def step_size_params(model: nn.Module) -> list[torch.Tensor]:
+    return [p for name, p in unwrap(model).named_parameters() if name.endswith("step_size")]
+
+
+@torch.no_grad()
+def project_step_sizes(step_sizes: list[torch.Tensor]) -> None:
+    """Projected SGD onto ``s >= MIN_STEP_SIZE``: an update that would make a step size
+    non-positive (large step-size lr, oversized init) leaves it at the floor, where it still gets
+    gradients, instead of below it, where the forward's clamp would freeze it for good."""
+    if step_sizes:
+        torch._foreach_clamp_min_(step_sizes, MIN_STEP_SIZE)
+
+
 def check_step_sizes(model: nn.Module, epoch: int) -> None:
     for name, quantizer in quantizers(unwrap(model)):
         s = quantizer.step_size.detach()
@@ -212,6 +225,7 @@ class Context:
     rank: int = 0
     world_size: int = 1
     progress: bool = True
+    step_sizes: list = field(default_factory=list)  # projected onto s >= floor after each step
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -275,6 +289,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, epoch: int, ctx: Contex
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        project_step_sizes(ctx.step_sizes)
         scheduler.step()
         loss_sum += loss.detach().double() * labels.shape[0]
         correct += (logits.argmax(1) == labels).sum()
@@ -407,6 +422,7 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
         rank=rank, world_size=world_size,
     )
     model = build_run_model(config, float_state=float_state).to(device)
+    ctx.step_sizes = step_size_params(model)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
@@ -517,8 +533,9 @@ def check_replicas_in_sync(model: nn.Module) -> None:
 
 def _model_metrics(model: nn.Module) -> dict:
     sparsity, per_layer = weight_sparsity(model)
-    return {"step_sizes": step_size_summary(model), "weight_sparsity": sparsity,
-            "layer_sparsity": per_layer}
+    at_floor = sum(int((p.detach() <= MIN_STEP_SIZE).sum()) for p in step_size_params(model))
+    return {"step_sizes": step_size_summary(model), "step_sizes_at_floor": at_floor,
+            "weight_sparsity": sparsity, "layer_sparsity": per_layer}
 
 
 def _now() -> str:
