@@ -113,20 +113,28 @@ def format_levels(levels: Levels | None) -> str:
 # --- the two fused kernels ------------------------------------------------------------------
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    # bf16/fp16 inputs are divided in float32: eager would otherwise round a 0-d s and v/s to
+    # bf16 (8-bit mantissa) before round(), and disagree with the compiled kernel.
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def _fake_quantize(x: torch.Tensor, s: torch.Tensor, q_min: int, q_max: int) -> torch.Tensor:
-    return (torch.clamp(x / s, q_min, q_max).round() * s).to(x.dtype)
+    return (torch.clamp(_upcast(x) / s, q_min, q_max).round() * s).to(x.dtype)
 
 
 def _fake_quantize_backward(
     grad: torch.Tensor, x: torch.Tensor, s: torch.Tensor, q_min: int, q_max: int, per_channel: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r = x / s
+    r = _upcast(x) / s
     inside = (r >= q_min) & (r <= q_max)
     q = torch.clamp(r, q_min, q_max).round()
     grad_x = torch.where(inside, grad, torch.zeros_like(grad))
     # Outside the range r is clipped to q, so "q - r" would be 0 there; the paper's gradient is
     # the clipped level itself.
-    grad_s_terms = grad.float() * torch.where(inside, q - r, q).float()
+    # Half-precision inputs sum the step gradient in float32; float64 keeps float64 (gradcheck).
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    grad_s_terms = grad.to(acc) * torch.where(inside, q - r, q).to(acc)
     if per_channel:
         grad_s = grad_s_terms.flatten(1).sum(1)
     else:
@@ -137,6 +145,9 @@ def _fake_quantize_backward(
 def compile_enabled() -> bool:
     """``LSQ_COMPILE=0`` turns the compiled kernels off (debugging, exotic platforms)."""
     return os.environ.get("LSQ_COMPILE", "1") not in ("0", "false", "no", "off")
+
+
+_RECOMPILE_LIMIT = 64
 
 
 class _CompiledOrEager:
@@ -153,7 +164,14 @@ class _CompiledOrEager:
         try:
             if self.compiled is None:
                 self.compiled = torch.compile(self.eager, dynamic=True, fullgraph=True)
-            return self.compiled(*args)
+            try:
+                return self.compiled(*args)
+            except torch._dynamo.exc.FailOnRecompileLimitHit:
+                # Dynamo's default limit (8 graphs per function) is below the variants one
+                # process can need (dtype x per-tensor/per-channel x size-1 specialisations);
+                # running out is not a compiler failure, so compile this variant too.
+                with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+                    return self.compiled(*args)
         except Exception as error:  # noqa: BLE001 - any compiler failure means "run eagerly"
             self.failed = True
             warnings.warn(
