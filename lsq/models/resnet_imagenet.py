@@ -23,7 +23,7 @@ def resnet18(
 ) -> nn.Module:
     if weights is not None and weights_path is not None:
         raise ValueError("give either weights (torchvision name) or weights_path (local file)")
-    model = tv_models.resnet18(weights=weights, num_classes=1000 if weights else num_classes)
+    state = None
     if weights_path is not None:
         path = Path(weights_path)
         if not path.is_file():
@@ -31,7 +31,17 @@ def resnet18(
                 f"ResNet-18 weights file {path} not found; copy torchvision's "
                 "resnet18-f37072fd.pth there (or use weights='IMAGENET1K_V1' with internet)"
             )
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    # Pretrained weights load into their own head (1000 classes for torchvision's file), which
+    # is replaced below when num_classes differs, the same for weights= and weights_path=.
+    head = num_classes
+    if weights:
+        head = 1000
+    elif state is not None and "fc.weight" in state:
+        head = state["fc.weight"].shape[0]
+    model = tv_models.resnet18(weights=weights, num_classes=head)
+    if state is not None:
+        model.load_state_dict(state)
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
     if model.fc.out_features != num_classes:
