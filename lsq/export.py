@@ -1,0 +1,315 @@
+"""Integer export of an LSQ model: codes + step sizes that reproduce the fake-quantized weights.
+
+For a quantized layer with levels ``q_min..q_max`` and step size ``s`` (0-d, or one per output
+channel), the forward uses ``W_hat = round(clip(W / s, q_min, q_max)) * s``. The export stores the
+integer codes ``k = W_hat / s`` (integers in ``[q_min, q_max]``, taken from the quantizer's own
+output by :meth:`~lsq.quantizer.LsqQuantizer.integer_codes`) and ``s``; :func:`dequantize`
+computes ``k * s`` in the same dtype as the forward, so the result is bitwise equal to the
+quantizer's output.
+
+Storage of the codes (``span = q_max - q_min``):
+
+* ``span <= 3`` (ternary, 2-bit): packed 4 codes per ``uint8`` byte, little end first,
+  ``byte = u0 | u1 << 2 | u2 << 4 | u3 << 6`` with ``u = k - q_min`` in ``0..3``; the last byte is
+  zero-padded, and ``numel`` says how many codes are real;
+* levels that fit ``[-128, 127]``: one ``int8`` per code;
+* anything wider: one ``int16`` per code.
+
+The export is a plain dict of tensors, ints, strings and lists, so that
+``torch.load(path, weights_only=True)`` reads it::
+
+    {"format": "lsq-export", "version": 1,
+     "layers": {name: {"codes", "packing" ("2bit" | "int8" | "int16"), "shape", "numel",
+                       "q_min", "q_max", "step_size", "per_channel", "dtype"}},
+     "float_state": {key: tensor},   # the rest of state_dict: BN, biases, float layers,
+                                     # activation step sizes
+     "quantizer_keys": [key, ...]}   # the float_state keys that belong to LSQ quantizers
+
+Summary (:func:`export_summary`): weight sparsity = fraction of zero codes (per layer and over
+all quantized weights); ``export_bytes`` = bytes of every tensor in the export (codes, step
+sizes, float state; pickle framing not counted); ``float32_bytes`` = the same model without
+quantization stored in float32 (quantized weights at 4 bytes each plus the float state minus the
+quantizers' own entries); ``compression_ratio = float32_bytes / export_bytes``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lsq.quantizer import MIN_STEP_SIZE, LsqQuantizer
+
+FORMAT = "lsq-export"
+VERSION = 1
+_SHIFTS = (0, 2, 4, 6)
+
+
+# --- code packing ---------------------------------------------------------------------------
+
+
+def pack_2bit(codes: torch.Tensor, q_min: int) -> torch.Tensor:
+    """Pack integer codes in ``q_min..q_min+3`` four to a ``uint8`` byte (see module docstring)."""
+    u = (codes.flatten().to(torch.int16) - q_min).to(torch.uint8)
+    if u.numel() and (int(u.max()) > 3):
+        raise ValueError(f"codes span more than 4 levels from q_min={q_min}; cannot pack to 2 bits")
+    padding = (-u.numel()) % 4
+    u = torch.cat([u, u.new_zeros(padding)]).view(-1, 4)
+    packed = u[:, 0]
+    for column, shift in enumerate(_SHIFTS[1:], start=1):
+        packed = packed | (u[:, column] << shift)
+    return packed.contiguous()
+
+
+def unpack_2bit(packed: torch.Tensor, numel: int, q_min: int) -> torch.Tensor:
+    """Inverse of :func:`pack_2bit`: the first ``numel`` codes, as int16."""
+    shifts = torch.tensor(_SHIFTS, dtype=torch.uint8, device=packed.device)
+    u = (packed.reshape(-1, 1) >> shifts) & 3
+    return u.flatten()[:numel].to(torch.int16) + q_min
+
+
+def _packing(q_min: int, q_max: int) -> str:
+    if q_max - q_min <= 3:
+        return "2bit"
+    if q_min >= -128 and q_max <= 127:
+        return "int8"
+    return "int16"
+
+
+def encode_codes(codes: torch.Tensor, q_min: int, q_max: int) -> tuple[torch.Tensor, str]:
+    """Store integer codes compactly; returns ``(stored tensor, packing name)``."""
+    packing = _packing(q_min, q_max)
+    if packing == "2bit":
+        return pack_2bit(codes, q_min), packing
+    return codes.flatten().to(getattr(torch, packing)).contiguous(), packing
+
+
+def decode_codes(layer: dict) -> torch.Tensor:
+    """The integer codes of an exported layer, int16, in the weight's shape."""
+    if layer["packing"] == "2bit":
+        flat = unpack_2bit(layer["codes"], layer["numel"], layer["q_min"])
+    else:
+        flat = layer["codes"].to(torch.int16)
+    return flat.reshape(layer["shape"])
+
+
+# --- export / import ------------------------------------------------------------------------
+
+
+def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, layer)`` of every layer whose weight passes through an LSQ quantizer."""
+    return [
+        (name, module) for name, module in model.named_modules()
+        if isinstance(getattr(module, "weight_quantizer", None), LsqQuantizer)
+    ]
+
+
+def _export_layer(name: str, layer: nn.Module) -> dict:
+    quantizer: LsqQuantizer = layer.weight_quantizer
+    if not quantizer._initialized:
+        raise RuntimeError(
+            f"layer {name!r}: its weight step size was never initialised; run a training-mode "
+            "forward or load a checkpoint before exporting"
+        )
+    codes = quantizer.integer_codes(layer.weight.detach())
+    stored, packing = encode_codes(codes, quantizer.q_min, quantizer.q_max)
+    return {
+        "codes": stored.cpu(),
+        "packing": packing,
+        "shape": list(layer.weight.shape),
+        "numel": layer.weight.numel(),
+        "q_min": quantizer.q_min,
+        "q_max": quantizer.q_max,
+        "step_size": quantizer.step_size.detach().cpu().clone(),
+        "per_channel": quantizer.per_channel,
+        "dtype": str(layer.weight.dtype).removeprefix("torch."),
+    }
+
+
+def _weight_keys(name: str) -> tuple[str, str, str]:
+    prefix = f"{name}." if name else ""
+    return (f"{prefix}weight", f"{prefix}weight_quantizer.step_size",
+            f"{prefix}weight_quantizer.initialized")
+
+
+def export_model(model: nn.Module) -> dict:
+    """The integer export of a converted, initialised model (format in the module docstring)."""
+    layers = {name: _export_layer(name, layer) for name, layer in quantized_layers(model)}
+    exported_keys = {key for name in layers for key in _weight_keys(name)}
+    quantizer_prefixes = tuple(
+        f"{name}." for name, module in model.named_modules() if isinstance(module, LsqQuantizer)
+    )
+    float_state = {
+        key: value.detach().cpu().clone()
+        for key, value in model.state_dict().items() if key not in exported_keys
+    }
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "layers": layers,
+        "float_state": float_state,
+        "quantizer_keys": [key for key in float_state if key.startswith(quantizer_prefixes)],
+    }
+
+
+def _check_export(export: dict) -> dict:
+    if not isinstance(export, dict) or export.get("format") != FORMAT:
+        raise ValueError("not an LSQ export (missing format='lsq-export')")
+    if export.get("version") != VERSION:
+        raise ValueError(f"unsupported LSQ export version {export.get('version')!r}; expected {VERSION}")
+    return export
+
+
+def dequantize_layer(layer: dict) -> torch.Tensor:
+    """``k * s`` in the forward's dtype: bitwise equal to the quantizer's output."""
+    dtype = getattr(torch, layer["dtype"])
+    # The forward clamps s to the floor before using it (lsq.quantizer.MIN_STEP_SIZE).
+    s = layer["step_size"].clamp_min(MIN_STEP_SIZE)
+    codes = decode_codes(layer)
+    if layer["per_channel"]:
+        s = s.reshape(-1, *([1] * (codes.dim() - 1)))
+    # The kernel computes round(...) * s in the promoted dtype of (weight, s) and casts back.
+    compute = torch.promote_types(dtype, s.dtype)
+    return (codes.to(compute) * s.to(compute)).to(dtype)
+
+
+def dequantize(export: dict) -> dict[str, torch.Tensor]:
+    """``{layer name: fake-quantized weight}`` for every exported layer."""
+    _check_export(export)
+    return {name: dequantize_layer(layer) for name, layer in export["layers"].items()}
+
+
+def export_state_dict(export: dict) -> dict[str, torch.Tensor]:
+    """A ``state_dict`` for the converted model: dequantized weights, step sizes, float state."""
+    state = dict(_check_export(export)["float_state"])
+    for name, layer in export["layers"].items():
+        weight_key, step_key, init_key = _weight_keys(name)
+        state[weight_key] = dequantize_layer(layer)
+        state[step_key] = layer["step_size"]
+        state[init_key] = torch.tensor(True)
+    return state
+
+
+def apply_export(model: nn.Module, export: dict) -> nn.Module:
+    """Load an export into a converted model of the same architecture (strict); returns it.
+
+    The loaded weights are already on the grid, so the weight quantizers map them to themselves
+    and the model computes exactly what the exported model computed.
+    """
+    model.load_state_dict(export_state_dict(export), strict=True)
+    return model
+
+
+def save_export(model_or_export: nn.Module | dict, path: str | Path) -> Path:
+    """Write the export atomically (temp file in the same directory, then ``os.replace``)."""
+    export = export_model(model_or_export) if isinstance(model_or_export, nn.Module) else model_or_export
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(export, tmp_name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_export(path: str | Path) -> dict:
+    """Read an export written by :func:`save_export` (``weights_only``: no code runs on load)."""
+    return _check_export(torch.load(path, map_location="cpu", weights_only=True))
+
+
+# --- summary --------------------------------------------------------------------------------
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _float32_nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * 4 if tensor.is_floating_point() else _nbytes(tensor)
+
+
+def _layer_summary(layer: dict) -> dict:
+    codes = decode_codes(layer)
+    zeros = int((codes == 0).sum())
+    return {
+        "shape": list(layer["shape"]),
+        "numel": layer["numel"],
+        "q_min": layer["q_min"],
+        "q_max": layer["q_max"],
+        "packing": layer["packing"],
+        "zero_codes": zeros,
+        "sparsity": zeros / max(layer["numel"], 1),
+        "export_bytes": _nbytes(layer["codes"]) + _nbytes(layer["step_size"]),
+        "float32_bytes": 4 * layer["numel"],
+    }
+
+
+def export_summary(model_or_export: nn.Module | dict) -> dict:
+    """Weight sparsity, quantized weight count and sizes (definitions in the module docstring)."""
+    export = export_model(model_or_export) if isinstance(model_or_export, nn.Module) else model_or_export
+    _check_export(export)
+    layers = {name: _layer_summary(layer) for name, layer in export["layers"].items()}
+    quantizer_keys = set(export["quantizer_keys"])
+    float_state = export["float_state"]
+    export_bytes = sum(s["export_bytes"] for s in layers.values()) + sum(
+        _nbytes(t) for t in float_state.values())
+    float32_bytes = sum(s["float32_bytes"] for s in layers.values()) + sum(
+        _float32_nbytes(t) for key, t in float_state.items() if key not in quantizer_keys)
+    numel = sum(s["numel"] for s in layers.values())
+    zeros = sum(s["zero_codes"] for s in layers.values())
+    return {
+        "layers": layers,
+        "quantized_layers": len(layers),
+        "quantized_weights": numel,
+        "zero_codes": zeros,
+        "weight_sparsity": zeros / numel if numel else None,
+        "export_bytes": export_bytes,
+        "float32_bytes": float32_bytes,
+        "compression_ratio": float32_bytes / export_bytes if export_bytes else None,
+    }
+
+
+# --- runs -----------------------------------------------------------------------------------
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # A run's checkpoint.pt is written by lsq.train in this project and may hold non-tensor
+        # state (numpy RNG) that weights_only rejects; it is our own file, so load it fully.
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def export_run(run_dir: str | Path, out_path: str | Path | None = None) -> dict:
+    """Export a finished (or checkpointed) quantized run: writes ``export.pt``, returns the summary.
+
+    The model is rebuilt from ``run_dir/config.yaml`` with :func:`lsq.train.build_run_model` and
+    loaded from ``run_dir/checkpoint.pt`` (key ``"model"``).
+    """
+    from lsq.config import RunConfig
+    from lsq.train import build_run_model  # the trainer owns how a config becomes a model
+
+    run_dir = Path(run_dir)
+    for required in ("config.yaml", "checkpoint.pt"):
+        if not (run_dir / required).is_file():
+            raise FileNotFoundError(f"{run_dir / required} not found; is {run_dir} a run directory?")
+    model = build_run_model(RunConfig.from_yaml(run_dir / "config.yaml"))
+    model.load_state_dict(_load_checkpoint(run_dir / "checkpoint.pt")["model"])
+    model.eval()
+    if not quantized_layers(model):
+        raise ValueError(f"{run_dir} is a float run: it has no quantized layers to export")
+    export = export_model(model)
+    out = save_export(export, out_path if out_path is not None else run_dir / "export.pt")
+    summary = export_summary(export)
+    summary["path"] = str(out)
+    summary["file_bytes"] = out.stat().st_size
+    return summary
