@@ -243,7 +243,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m lsq bench quantizer", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per setting and round")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per setting and round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per setting first")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median shown)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
