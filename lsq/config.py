@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from lsq.experiments import get_ablation, get_table
-from lsq.quantizer import Levels, format_levels, parse_levels
+from lsq.levels import Levels, format_levels, parse_levels
 
 
 class ConfigError(ValueError):

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lsq.quantizer import Levels, format_levels
-
-TERNARY = (-1, 1)
-TWO_BIT = (0, 3)
+from lsq.levels import TERNARY, UNSIGNED_2BIT, Levels, format_levels
 
 
 @dataclass(frozen=True)
@@ -87,8 +84,8 @@ def _rows(published: dict[int, dict[str, float]] | None, float_published: dict[s
     settings = [
         (1, False, TERNARY, None),
         (2, True, TERNARY, None),
-        (3, False, TERNARY, TWO_BIT),
-        (4, True, TERNARY, TWO_BIT),
+        (3, False, TERNARY, UNSIGNED_2BIT),
+        (4, True, TERNARY, UNSIGNED_2BIT),
     ]
     rows = [Row(0, lr_base=0.1, published=float_published)]
     for row_id, quan_lr, constr_w, constr_a in settings:
