@@ -3,6 +3,7 @@ resolves, nothing is fetched from the network; screenshots land outside git."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REPO = Path(__file__).resolve().parents[1]
+
+# CI sets LSQ_REQUIRE_BROWSER=1: there a missing Chromium is a failure, not a skip.
+if CHROMIUM is None and os.environ.get("LSQ_REQUIRE_BROWSER"):
+    raise RuntimeError("LSQ_REQUIRE_BROWSER is set but chromium is not installed (apt-get install chromium)")
 
 pytestmark = [
     pytest.mark.browser,
