@@ -213,3 +213,16 @@ def test_config_rejects_unknown_keys_and_profiles():
         make_config("synthetic", 0, ablation="init-x4")
     with pytest.raises(ValueError, match="unknown ablation"):
         make_config("synthetic", 1, ablation="init-x100")
+
+
+def test_report_renders_from_real_runs(finished_runs, tmp_path):
+    """The report reads what `lsq train` wrote: rows that ran show numbers, the others 'not run'."""
+    from lsq.report import build_report
+
+    index = build_report(finished_runs, tmp_path / "report", execute_notebooks=False)
+    page = (tmp_path / "report" / "synthetic-smoke.md").read_text()
+    assert index.exists() and (index.parent / "synthetic-smoke.html").exists()
+    assert "not run" in page  # rows 1-3 were not trained here
+    summary = json.loads((run_dir(finished_runs, 4) / "summary.json").read_text())
+    assert f"{summary['final_top1']:.2f}" in page
+    assert "SYNTHETIC" in (index.parent / "synthetic-smoke.html").read_text()
