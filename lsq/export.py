@@ -34,15 +34,14 @@ quantizers' own entries); ``compression_ratio = float32_bytes / export_bytes``.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from lsq.quantizer import MIN_STEP_SIZE, LsqQuantizer
+from lsq.rundir import atomic_torch_save
 
 FORMAT = "lsq-export"
 VERSION = 1
@@ -208,15 +207,7 @@ def save_export(model_or_export: nn.Module | dict, path: str | Path) -> Path:
     """Write the export atomically (temp file in the same directory, then ``os.replace``)."""
     export = export_model(model_or_export) if isinstance(model_or_export, nn.Module) else model_or_export
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(export, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(export, path)
     return path
 
 
