@@ -101,6 +101,11 @@ def test_empty_runs_dir_renders_a_page(tmp_path):
     index = build_report(tmp_path / "none", tmp_path / "report", execute_notebooks=False)
     assert "No run directories found" in index.read_text()
     assert (tmp_path / "report" / "index.md").is_file()
+    # The published tables still get their pages: the paper's numbers beside "not run".
+    for dataset, published in (("cifar10", "89.69"), ("imagenet", "69.43")):
+        page = (tmp_path / "report" / f"{dataset}-paper.md").read_text()
+        assert "not run" in page and published in page
+        assert (index.parent / f"{dataset}-paper.html").is_file()
 
 
 def test_main_cli(tmp_path, capsys):

@@ -99,7 +99,13 @@ def build_report(runs_dir: str | Path = "runs", out_dir: str | Path = "report", 
     _write(site / MARKER, "written by lsq.report.build_report; rebuilding deletes this folder\n")
     runs = load_runs(runs_dir)
     pages, skipped = [], []
-    for dataset, profile in runs.pages():
+    listed = runs.pages()
+    for name, table in TABLES.items():
+        # A published table with no run at all still gets its page: the paper's numbers beside
+        # "not run", so a reader sees what is missing instead of nothing.
+        if table.has_published and all(dataset != name for dataset, _ in listed):
+            listed.append((name, "paper"))
+    for dataset, profile in listed:
         if dataset not in TABLES:
             skipped.append(f"{runs_dir / dataset}: unknown dataset, not in lsq.experiments.TABLES")
             continue
@@ -256,7 +262,8 @@ def _run_notebooks(pages: list[Page], runs_dir: Path, site: Path) -> list[str]:
         return [f"{NOTEBOOKS} not found: notebooks were not executed"]
     out = site / "notebooks"
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(page, kind) for page in pages
+    # A page without runs (a published table nobody trained) has nothing for a notebook to show.
+    jobs = [(page, kind) for page in pages if not page.runs.summaries.empty
             for kind in ["table"] + (["analysis"] if page.has_analysis else [])]
     workers = max(1, min(len(jobs), os.cpu_count() or 1, 4))
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -385,6 +392,7 @@ def _write_pages(runs: Runs, pages: list[Page], out_dir: Path, site: Path,
         devices=_distinct(summaries["device"]), wall_text=_wall_text(summaries),
         problems=runs.problems + skipped, errors=errors,
         any_synthetic=any(p.synthetic for p in pages),
+        no_runs=summaries.empty and runs.in_progress.empty,
         published_notes=[(t.description, tables.implied_baseline_note(name))
                          for name, t in TABLES.items() if t.has_published],
     )
