@@ -498,8 +498,8 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
         check_replicas_in_sync(model)
     summary = None
     if is_main:
-        summary = _summary(config, run_dir, data, device, wall_before + time.time() - started)
-        summary["started_at"] = started_at
+        summary = _summary(config, run_dir, data, device, wall_before + time.time() - started,
+                           started_at)
         rundir.write_json(summary_path, summary)
         log(f"{run_dir}: done, final top-1 {summary['final_top1']:.2f}%")
     if world_size > 1:
@@ -551,7 +551,7 @@ def _save_checkpoint(path, model, optimizer, scheduler, epoch, config, wall_seco
     }, path)
 
 
-def _summary(config, run_dir, data, device, wall_seconds) -> dict:
+def _summary(config, run_dir, data, device, wall_seconds, started_at) -> dict:
     records = rundir.read_metrics(run_dir / rundir.METRICS)
     final = records[-1]
     trained = [r for r in records if r["epoch"] > 0] or records
@@ -568,7 +568,7 @@ def _summary(config, run_dir, data, device, wall_seconds) -> dict:
         "train_images": data.num_train, "test_images": data.num_test,
         "device": rundir.device_description(device), "torch_version": torch.__version__,
         "git_sha": rundir.git_sha(), "hostname": os.uname().nodename,
-        "started_at": None, "finished_at": _now(),
+        "started_at": started_at, "finished_at": _now(),
         "baseline_run": None if config.quant.is_float else
         str(config.baseline().run_dir(Path(".")).as_posix()),
     }

@@ -276,8 +276,8 @@ def test_ablation_verdicts(runs):
         in sentences
     assert "max|v|/Q_P init on row 1: not run." in sentences
     scheduler = analysis.verdicts(ablation(runs, "scheduler"))
-    # step lr on row 1: -0.2 and +0.2 vs baseline -> mean 0, within the seed std: inconclusive
-    assert any(s.startswith("step lr on row 1: +0.00 points, within the seed std")
+    # step lr on row 1: -0.2 and +0.2 vs baseline -> mean 0, within the per-seed spread: inconclusive
+    assert any(s.startswith("step lr on row 1: +0.00 points, within the std of the per-seed differences")
                and "inconclusive" in s for s in scheduler)
     step_lr = analysis.verdicts(ablation(runs, "step_lr"))
     assert "step-size lr x10 costs 1.90 points on row 1 (1 seed, no spread estimate: " \

@@ -128,13 +128,16 @@ def verdicts(numbers: pd.DataFrame) -> list[str]:
             why = "1 seed, no spread estimate" if n < 2 else "unpaired seeds"
             sentences.append(f"{base} ({why}: indicative only){nonzero}.")
             continue
-        # "Seed std": the larger spread across seeds of the two settings being compared.
-        spread = max(_nan_to_zero(r["top1_std"]), _nan_to_zero(r["baseline_std"]))
+        # Each ablation run starts from the same float model as its baseline run (same seed),
+        # so the per-seed differences are the measurement: judge the mean difference against
+        # their spread, not against the accuracy spread across seeds, which is mostly the
+        # float baselines' own seed-to-seed variation.
+        spread = _nan_to_zero(r["delta_std"])
         if abs(delta) <= spread:
             shown = Estimate(delta, 0.0, 1).format(signed=True, show_n=False)  # no "-0.00"
             sentences.append(
-                f"{r['setting']} on {where}: {shown} points, within the seed std "
-                f"({spread:.2f}, {seeds}): inconclusive{nonzero}.")
+                f"{r['setting']} on {where}: {shown} points, within the std of the per-seed "
+                f"differences ({spread:.2f}, {seeds}): inconclusive{nonzero}.")
         else:
             sentences.append(f"{base} ({seeds}){nonzero}.")
     return sentences
