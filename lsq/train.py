@@ -431,38 +431,28 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
     checkpoint_path = run_dir / rundir.CHECKPOINT
     metrics_path = run_dir / rundir.METRICS
     started = time.time()
-    wall_before = 0.0
     fresh = not checkpoint_path.exists()
     if world_size > 1:
         dist.barrier()  # every rank decided fresh/resume before rank 0 writes anything
-    if not fresh:
-        checkpoint = _load_checkpoint(checkpoint_path)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        set_rng_state(checkpoint["rng"])
-        start_epoch = checkpoint["epoch"]
-        wall_before = checkpoint.get("wall_seconds", 0.0)
-        started_at = checkpoint.get("started_at")
-        if is_main:
-            kept = [r for r in rundir.read_metrics(metrics_path) if r["epoch"] <= start_epoch]
-            rundir.rewrite_metrics(metrics_path, kept)
-            log(f"{run_dir}: resuming after epoch {start_epoch}")
-    else:
-        start_epoch = 0
-        started_at = _now()
+    if fresh:
+        start_epoch, wall_before, started_at = 0, 0.0, _now()
         if is_main:
             rundir.atomic_write_text(run_dir / rundir.CONFIG, config.to_yaml())
             metrics_path.unlink(missing_ok=True)
         if quantizers(model):
             calibrate(model, data.train, ctx)
+    else:
+        start_epoch, wall_before, started_at = _resume(
+            checkpoint_path, metrics_path, model, optimizer, scheduler, is_main)
+        if is_main:
+            log(f"{run_dir}: resuming after epoch {start_epoch}")
     # After calibration: DDP broadcasts rank 0's step sizes with every other parameter.
     train_model = _wrap(model, config, device, world_size)
     if fresh:
         if quantizers(model) or config.optim.epochs == 0:
             # Epoch 0: the converted, initialised model before any step (or a pretrained float).
-            record = {"epoch": 0, "lr": optimizer.param_groups[0]["lr"], **evaluate(train_model, data.test, ctx),
-                      **_model_metrics(model), "epoch_seconds": 0.0, "images_per_second": None}
+            record = _epoch_record(0, optimizer.param_groups[0]["lr"], None,
+                                   evaluate(train_model, data.test, ctx), model, 0.0, None)
             if is_main:
                 rundir.append_metrics(metrics_path, record)
         if is_main:
@@ -477,13 +467,8 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
         check_step_sizes(model, epoch + 1)
         test_metrics = evaluate(train_model, data.test, ctx)
         epoch_seconds = time.time() - epoch_start
-        record = {
-            "epoch": epoch + 1, "lr": lr,
-            "train_loss": train_metrics["train_loss"], "train_top1": train_metrics["train_top1"],
-            **test_metrics, **_model_metrics(model),
-            "epoch_seconds": epoch_seconds,
-            "images_per_second": train_metrics["train_images"] / max(train_seconds, 1e-9),
-        }
+        record = _epoch_record(epoch + 1, lr, train_metrics, test_metrics, model, epoch_seconds,
+                               train_metrics["train_images"] / max(train_seconds, 1e-9))
         if is_main:
             rundir.append_metrics(metrics_path, record)
             wall = wall_before + time.time() - started
@@ -505,6 +490,31 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
     if world_size > 1:
         dist.barrier()
     return summary
+
+
+def _resume(checkpoint_path: Path, metrics_path: Path, model, optimizer, scheduler,
+            is_main: bool) -> tuple[int, float, str | None]:
+    """Restore everything a checkpoint holds; the metrics log drops epochs newer than it (the
+    run was killed between writing an epoch's line and its checkpoint)."""
+    checkpoint = _load_checkpoint(checkpoint_path)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    set_rng_state(checkpoint["rng"])
+    start_epoch = checkpoint["epoch"]
+    if is_main:
+        kept = [r for r in rundir.read_metrics(metrics_path) if r["epoch"] <= start_epoch]
+        rundir.rewrite_metrics(metrics_path, kept)
+    return start_epoch, checkpoint.get("wall_seconds", 0.0), checkpoint.get("started_at")
+
+
+def _epoch_record(epoch: int, lr: float, train_metrics: dict | None, test_metrics: dict,
+                  model: nn.Module, epoch_seconds: float, images_per_second: float | None) -> dict:
+    """One line of metrics.jsonl (docs/run-format.md); epoch 0 has no training metrics."""
+    train = {} if train_metrics is None else {
+        "train_loss": train_metrics["train_loss"], "train_top1": train_metrics["train_top1"]}
+    return {"epoch": epoch, "lr": lr, **train, **test_metrics, **_model_metrics(model),
+            "epoch_seconds": epoch_seconds, "images_per_second": images_per_second}
 
 
 def _wrap(model: nn.Module, config: RunConfig, device: torch.device, world_size: int) -> nn.Module:
