@@ -111,4 +111,5 @@ bench: | $(STAMP) ## benchmarks: quantizer step cost, data path, training throug
 	$(PY) -m lsq bench train
 
 clean: ## remove generated report files and synthetic/smoke runs (keeps committed real runs)
-	rm -rf report/site report/generated report/*.md report/screenshot.png $(RUNS)/synthetic
+	rm -rf report/site report/screenshot.png $(RUNS)/synthetic
+	find report -maxdepth 1 -name '*.md' ! -name README.md -delete
