@@ -59,14 +59,16 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## create .venv/ and install the project (torch, torchvision, pandas, ...)
 
 ##@ Training (file targets on each run's summary.json: finished runs never rerun, interrupted ones resume)
-# $(1) dataset, $(2) profile, $(3) seed, $(4) row
+# $(1) dataset, $(2) profile, $(3) seed, $(4) row. The float baseline is an order-only
+# prerequisite: a run is done when its summary.json exists (lsq train decides), whatever the
+# files' times say after a checkout.
 define RUN_RULE
-$(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json: $(if $(filter-out 0,$(4)),$(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json) | $(STAMP) check-$(1)
+$(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(if $(filter-out 0,$(4)),$(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json)
 	$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4)
 endef
 # $(1) dataset, $(2) profile, $(3) seed, $(4) row, $(5) ablation
 define ABLATION_RULE
-$(RUNS)/$(1)/$(2)/row$(4)-$(5)/seed$(3)/summary.json: $(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json | $(STAMP) check-$(1)
+$(RUNS)/$(1)/$(2)/row$(4)-$(5)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json
 	$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4) --ablation $(5)
 endef
 
@@ -90,7 +92,8 @@ ablations: $(foreach s,$(ABLATION_SEEDS),$(foreach r,$(ABLATION_ROWS),$(foreach 
 
 # Fails at once, with where the data is expected and how to get it, before any run starts.
 $(addprefix check-,$(DATASETS)): check-%: | $(STAMP)
-	@$(PY) -m lsq check-data --dataset $* $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+	@$(PY) -m lsq check-data --dataset $* $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
+	  $(if $(findstring --download,$(TRAIN_ARGS)),--download)
 
 ##@ Report
 .PHONY: report notebooks smoke

@@ -48,17 +48,20 @@ def _train_parser(sub) -> None:
 def _config_from_args(args):
     config = make_config(args.dataset, args.row, args.profile, args.seed, args.ablation)
     overrides = list(args.set)
-    for flag, key in (("data_dir", "data.data_dir"), ("epochs", "optim.epochs"),
-                      ("batch_size", "optim.batch_size"), ("lr", "optim.lr"),
-                      ("workers", "data.workers"), ("weights", "pretrained_weights")):
+    for flag, key in (("epochs", "optim.epochs"), ("batch_size", "optim.batch_size"),
+                      ("lr", "optim.lr"), ("workers", "data.workers")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
     config = config.with_overrides(*overrides)
+    # Paths are set as they are: through YAML, "/d #x" would lose its tail and "on" become True.
+    data = replace(config.data, download=args.download or config.data.download)
+    if args.data_dir is not None:
+        data = replace(data, data_dir=args.data_dir)
     return replace(config, device=args.device, amp=args.amp or config.amp,
                    channels_last=args.channels_last or config.channels_last,
-                   compile_model=args.compile or config.compile_model,
-                   data=replace(config.data, download=args.download or config.data.download))
+                   compile_model=args.compile or config.compile_model, data=data,
+                   pretrained_weights=args.weights if args.weights is not None else config.pretrained_weights)
 
 
 def _train(args) -> int:
@@ -79,7 +82,10 @@ def _check_data(args) -> int:
     from lsq.config import DataConfig
     from lsq.data import build_data
 
-    bundle = build_data(args.dataset, DataConfig(data_dir=args.data_dir), batch_size=1,
+    if args.dataset == "synthetic":
+        print("synthetic: generated on the fly, nothing to check")
+        return 0
+    bundle = build_data(args.dataset, DataConfig(data_dir=args.data_dir, download=args.download), batch_size=1,
                         eval_batch_size=1, device=torch.device("cpu"), seed=0)
     print(f"{args.dataset}: {bundle.num_train} train / {bundle.num_test} test images "
           f"({bundle.data_kind}) from {bundle.source}")
@@ -91,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
 
-    p = sub.add_parser("report", help="render the report (markdown + HTML site) from runs/",
-                       add_help=False)
+    sub.add_parser("report", help="render the report (markdown + HTML site) from runs/", add_help=False)
     p = sub.add_parser("export", help="export a finished run's integer weights")
     p.add_argument("run_dir")
     p.add_argument("--out", help="output file (default: RUN_DIR/export.pt)")
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-data", help="check that a dataset is where training expects it")
     p.add_argument("--dataset", required=True, choices=sorted(TABLES))
     p.add_argument("--data-dir")
+    p.add_argument("--download", action="store_true", help="download it first (needs internet)")
 
     args, rest = parser.parse_known_args(argv)
     try:

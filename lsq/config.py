@@ -119,7 +119,10 @@ class RunConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
         with open(path) as handle:
-            data = yaml.safe_load(handle)
+            try:
+                data = yaml.safe_load(handle)
+            except yaml.YAMLError as error:
+                raise ConfigError(f"{path} is not valid YAML: {error}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} does not hold a YAML mapping")
         return cls.from_dict(data)
@@ -131,7 +134,11 @@ class RunConfig:
             key, sep, raw = override.partition("=")
             if not sep:
                 raise ConfigError(f"override {override!r} must look like key=value, e.g. optim.lr=0.02")
-            config = _set_path(config, key.strip().split("."), yaml.safe_load(raw), key)
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                raise ConfigError(f"override {override!r}: {raw!r} is not a valid value") from None
+            config = _set_path(config, key.strip().split("."), value, key)
         return config
 
 

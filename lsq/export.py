@@ -34,7 +34,6 @@ quantizers' own entries); ``compression_ratio = float32_bytes / export_bytes``.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
@@ -271,33 +270,27 @@ def export_summary(model_or_export: nn.Module | dict) -> dict:
 # --- runs -----------------------------------------------------------------------------------
 
 
-def _load_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # A run's checkpoint.pt is written by lsq.train in this project and may hold non-tensor
-        # state (numpy RNG) that weights_only rejects; it is our own file, so load it fully.
-        return torch.load(path, map_location="cpu", weights_only=False)
-
-
 def export_run(run_dir: str | Path, out_path: str | Path | None = None) -> dict:
     """Export a finished (or checkpointed) quantized run: writes ``export.pt``, returns the summary.
 
     The model is rebuilt from ``run_dir/config.yaml`` with :func:`lsq.train.build_run_model` and
     loaded from ``run_dir/checkpoint.pt`` (key ``"model"``).
     """
+    from lsq import rundir
     from lsq.config import RunConfig
-    from lsq.train import build_run_model  # the trainer owns how a config becomes a model
+    # The trainer owns how a config becomes a model and how a checkpoint is read.
+    from lsq.train import load_checkpoint, build_run_model
 
     run_dir = Path(run_dir)
-    for required in ("config.yaml", "checkpoint.pt"):
+    for required in (rundir.CONFIG, rundir.CHECKPOINT):
         if not (run_dir / required).is_file():
             raise FileNotFoundError(f"{run_dir / required} not found; is {run_dir} a run directory?")
-    model = build_run_model(RunConfig.from_yaml(run_dir / "config.yaml"))
-    model.load_state_dict(_load_checkpoint(run_dir / "checkpoint.pt")["model"])
-    model.eval()
-    if not quantized_layers(model):
+    config = RunConfig.from_yaml(run_dir / rundir.CONFIG)
+    if config.quant.is_float:
         raise ValueError(f"{run_dir} is a float run: it has no quantized layers to export")
+    model = build_run_model(config)
+    model.load_state_dict(load_checkpoint(run_dir / rundir.CHECKPOINT, keys=("model",))["model"])
+    model.eval()
     export = export_model(model)
     out = save_export(export, out_path if out_path is not None else run_dir / "export.pt")
     summary = export_summary(export)

@@ -20,7 +20,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -279,6 +279,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, epoch: int, ctx: Contex
         finite = torch.isfinite(loss.detach())
         bad_step = torch.where((bad_step < 0) & ~finite, torch.full_like(bad_step, step), bad_step)
         if step % check_every == 0 or step == len(loader) - 1:
+            # Every rank must stop together: one raising alone would leave the others waiting
+            # in DDP's gradient all-reduce.
+            if ctx.world_size > 1:
+                dist.all_reduce(bad_step, op=dist.ReduceOp.MAX)
             if int(bad_step) >= 0:
                 layer = _first_nonfinite_layer(model, images, ctx)
                 where = f"; first non-finite output: {layer}" if layer else ""
@@ -340,10 +344,15 @@ def calibrate(model: nn.Module, loader, ctx: Context) -> None:
 # --- fit: one run directory --------------------------------------------------------------------
 
 
-def _load_checkpoint(path: Path) -> dict:
+RESUME_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng")
+
+
+def load_checkpoint(path: Path, keys: tuple[str, ...] = RESUME_KEYS) -> dict:
+    """A run's checkpoint (our own file, holding RNG states, hence not ``weights_only``), with
+    ``keys`` present; anything unreadable is a :class:`CorruptCheckpointError`."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        for key in ("model", "optimizer", "scheduler", "epoch", "rng"):
+        for key in keys:
             checkpoint[key]
         return checkpoint
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is "corrupt"
@@ -363,14 +372,21 @@ def _baseline_state(config: RunConfig, runs_dir: Path) -> dict:
             f"make it first: python -m lsq train --dataset {config.dataset} --row 0 "
             f"--profile {config.profile} --seed {config.seed} --runs-dir {runs_dir}"
         )
-    return _load_checkpoint(checkpoint)["model"]
+    return load_checkpoint(checkpoint)["model"]
+
+
+def _result_defining(config: RunConfig) -> RunConfig:
+    """The config without where and how the run executes (device, data location, loader workers,
+    download), which may change between an interrupted run and its resume."""
+    return replace(config, device="auto",
+                   data=replace(config.data, data_dir=None, workers=0, download=False))
 
 
 def _check_same_config(run_dir: Path, config: RunConfig) -> None:
     existing = run_dir / rundir.CONFIG
     if existing.exists():
         old = RunConfig.from_yaml(existing)
-        if old != config:
+        if _result_defining(old) != _result_defining(config):
             raise TrainingError(
                 f"{run_dir} holds a run with another configuration; use another --runs-dir, "
                 f"or delete {run_dir} to start over"
@@ -496,7 +512,7 @@ def _resume(checkpoint_path: Path, metrics_path: Path, model, optimizer, schedul
             is_main: bool) -> tuple[int, float, str | None]:
     """Restore everything a checkpoint holds; the metrics log drops epochs newer than it (the
     run was killed between writing an epoch's line and its checkpoint)."""
-    checkpoint = _load_checkpoint(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])

@@ -242,9 +242,12 @@ def test_atomic_write_leaves_no_temp_file(tmp_path, monkeypatch):
     target = tmp_path / "export.pt"
     target.write_bytes(b"previous export")
 
-    def failing_save(obj, path, *args, **kwargs):
-        with open(path, "wb") as handle:
-            handle.write(b"half a file")
+    def failing_save(obj, path_or_handle, *args, **kwargs):
+        if hasattr(path_or_handle, "write"):
+            path_or_handle.write(b"half a file")
+        else:
+            with open(path_or_handle, "wb") as handle:
+                handle.write(b"half a file")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", failing_save)

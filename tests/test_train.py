@@ -150,6 +150,7 @@ def test_missing_baseline_names_the_command(tmp_path):
     (["--dataset", "synthetic", "--row", "0", "--profile", "huge"], "invalid choice: 'huge'"),
     (["--dataset", "synthetic", "--row", "0", "--set", "optim.lrr=1"], "unknown config key 'optim.lrr'"),
     (["--dataset", "synthetic", "--row", "0", "--set", "optim.epochs=many"], "optim.epochs must be an integer"),
+    (["--dataset", "synthetic", "--row", "0", "--set", "optim.lr=["], "is not a valid value"),
     (["--dataset", "cifar10", "--row", "0", "--data-dir", "/nonexistent/cifar"], "/nonexistent/cifar"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, args, message):
@@ -226,3 +227,17 @@ def test_report_renders_from_real_runs(finished_runs, tmp_path):
     summary = json.loads((run_dir(finished_runs, 4) / "summary.json").read_text())
     assert f"{summary['final_top1']:.2f}" in page
     assert "SYNTHETIC" in (index.parent / "synthetic-smoke.html").read_text()
+
+
+def test_resume_may_change_where_a_run_executes_but_not_what_it_computes(tmp_path):
+    from lsq.train import TrainingError, _check_same_config
+
+    config = make_config("synthetic", 1).with_overrides("data.workers=2")
+    directory = tmp_path / "run"
+    directory.mkdir()
+    (directory / "config.yaml").write_text(config.to_yaml())
+    moved = config.with_overrides("device=cpu", "data.data_dir=/elsewhere", "data.workers=8",
+                                  "data.download=true")
+    _check_same_config(directory, moved)  # same results: allowed
+    with pytest.raises(TrainingError, match="another configuration"):
+        _check_same_config(directory, config.with_overrides("optim.lr=0.5"))
