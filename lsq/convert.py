@@ -96,6 +96,11 @@ def quantizers(model: nn.Module):
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LsqQuantizer)]
 
 
+def is_step_size(parameter_name: str) -> bool:
+    """Step sizes are selected by parameter name (optimizer groups, projection), never by shape."""
+    return parameter_name.endswith("step_size")
+
+
 def step_size_parameters(model: nn.Module):
-    """Names of the step-size parameters (selected by name, for optimizer groups)."""
-    return [name for name, _ in model.named_parameters() if name.endswith("step_size")]
+    """Names of the step-size parameters."""
+    return [name for name, _ in model.named_parameters() if is_step_size(name)]

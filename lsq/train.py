@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from lsq import rundir
 from lsq.config import RunConfig
-from lsq.convert import quantize_model, quantizers
+from lsq.convert import is_step_size, quantize_model, quantizers
 from lsq.experiments import get_table
 from lsq.layers import QConv2d, QLinear
 from lsq.models import build_model
@@ -104,7 +104,7 @@ def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimize
     o = config.optim
     step_sizes, others = [], []
     for name, param in model.named_parameters():
-        (step_sizes if name.endswith("step_size") else others).append(param)
+        (step_sizes if is_step_size(name) else others).append(param)
     groups = [{"params": others, "weight_decay": o.weight_decay, "lr": o.lr}]
     if step_sizes:
         groups.append({
@@ -189,7 +189,7 @@ def step_size_summary(model: nn.Module) -> dict[str, dict[str, float]]:
 
 
 def step_size_params(model: nn.Module) -> list[torch.Tensor]:
-    return [p for name, p in unwrap(model).named_parameters() if name.endswith("step_size")]
+    return [p for name, p in unwrap(model).named_parameters() if is_step_size(name)]
 
 
 @torch.no_grad()
@@ -437,6 +437,11 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
         eval_batch_size=config.optim.eval_batch_size, device=device, seed=config.seed,
         rank=rank, world_size=world_size,
     )
+    table = get_table(config.dataset)
+    if data.num_classes > table.num_classes:
+        raise TrainingError(
+            f"{config.dataset} data has {data.num_classes} classes but the {table.model} head has "
+            f"{table.num_classes}; point --data-dir at the {config.dataset} dataset")
     model = build_run_model(config, float_state=float_state).to(device)
     ctx.step_sizes = step_size_params(model)
     if config.channels_last:
