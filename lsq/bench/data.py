@@ -29,6 +29,7 @@ from lsq.data import build_data
 from lsq.models import build_model
 from lsq.rundir import device_description
 from lsq.train import resolve_device
+from lsq.bench import sync
 
 PER_IMAGE_WORKERS = (0, 2)
 DATA_SHARE_GOAL = 10.0  # percent of the step time
@@ -51,10 +52,6 @@ class _PerImageDataset(torch.utils.data.Dataset):
         return self.transform(image), int(self.labels[index])
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def _epochs(loader) -> Iterator:
     """Batches of consecutive epochs, for as long as they are asked for."""
@@ -70,13 +67,13 @@ def _images_per_second(batches: Iterator, count: int, device: torch.device) -> f
     """Images/s over ``count`` batches after a first, untimed one; batches end up on ``device``."""
     images, _ = next(batches)
     images.to(device)
-    _sync(device)
+    sync(device)
     seen, start = 0, time.perf_counter()
     for _ in range(count):
         images, labels = next(batches)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         seen += len(images)
-    _sync(device)
+    sync(device)
     return seen / (time.perf_counter() - start)
 
 
@@ -107,11 +104,11 @@ def _step_images_per_second(model, images, labels, count: int, device: torch.dev
         optimizer.step()
 
     step()  # warm-up: allocator, cuDNN algorithm choice
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(count):
         step()
-    _sync(device)
+    sync(device)
     return count * len(images) / (time.perf_counter() - start)
 
 

@@ -41,6 +41,8 @@ from lsq.convert import quantize_model
 from lsq.models import build_model
 from lsq.quantizer import MIN_STEP_SIZE, TERNARY, UNSIGNED_2BIT, LsqQuantizer
 from lsq import quantizer as lsq_quantizer
+from lsq.bench import sync
+from lsq.rundir import device_description
 
 ROW1 = dict(weight_levels=TERNARY)
 ROW4 = dict(weight_levels=TERNARY, act_levels=UNSIGNED_2BIT, quantize_first_last=True)
@@ -138,21 +140,17 @@ def _environment(env: dict | None):
                 os.environ[key] = value
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def _train_steps(setting: Setting, x, y, steps: int, device) -> float:
     """Seconds per step over ``steps`` training steps."""
     with _environment(setting.env):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for _ in range(steps):
             setting.optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(setting.model(x), y).backward()
             setting.optimizer.step()
-        _sync(device)
+        sync(device)
     return (time.perf_counter() - start) / max(steps, 1)
 
 
@@ -211,19 +209,6 @@ def run(settings: list[Setting], x, y, *, steps: int, warmup: int, rounds: int, 
 # --- report -----------------------------------------------------------------------------------
 
 
-def _machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model = next((line.split(":", 1)[1].strip() for line in handle
-                          if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{model}, {torch.get_num_threads()} threads"
-
-
 def format_table(settings: list[Setting], batch_size: int) -> list[str]:
     medians = {s.name: statistics.median(s.times) for s in settings if s.times}
     lines = [f"{'setting':<22} {'ms/step':>9} {'images/s':>10} {'x baseline':>11}  baseline"]
@@ -273,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("LSQ quantizer benchmark: ResNet-20 training step (forward + backward + SGD), "
           "CIFAR-shaped synthetic input, float32")
-    print(f"machine: {_machine(device)} | torch {torch.__version__} | device {device} | "
+    print(f"machine: {device_description(device)} | torch {torch.__version__} | device {device} | "
           f"batch {args.batch_size} | median of {args.rounds} rounds x {args.steps} steps "
           f"(warmup {args.warmup}) | LSQ_COMPILE={os.environ.get('LSQ_COMPILE', '1')}")
     for line in format_table(settings, args.batch_size):

@@ -19,6 +19,7 @@ from lsq.config import make_config
 from lsq.experiments import get_table
 from lsq.rundir import device_description
 from lsq.train import Context, build_optimizer, build_run_model, calibrate, resolve_device
+from lsq.bench import sync
 
 TRAIN_IMAGES = {"cifar10": 50_000, "imagenet": 1_281_167, "fashion-mnist": 60_000, "synthetic": 50_000}
 
@@ -38,10 +39,6 @@ class _RepeatLoader:
     def __len__(self):
         return 1
 
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_row(dataset: str, row: int, *, device, batch_size: int, steps: int, warmup: int,
@@ -73,10 +70,10 @@ def time_row(dataset: str, row: int, *, device, batch_size: int, steps: int, war
         step()
     times = []
     for _ in range(steps):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         step()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
