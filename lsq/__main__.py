@@ -71,7 +71,15 @@ def _train(args) -> int:
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
-    fit(config, args.runs_dir, progress=not args.no_progress)
+    try:
+        fit(config, args.runs_dir, progress=not args.no_progress)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            # Tear the process group down in step: a rank that exits while its peer is still
+            # closing gloo's connections can abort the peer (SIGABRT).
+            dist.destroy_process_group()
     return 0
 
 
