@@ -48,6 +48,7 @@ help: ## list targets and variables
 	@echo "  RUNS            run directory root (default: $(RUNS))"
 	@echo "  ABLATION_SEEDS  seeds of the ablation runs (default: $(ABLATION_SEEDS))"
 	@echo "  TRAIN_ARGS      extra arguments for every 'python -m lsq train' (e.g. --amp, --weights FILE)"
+	@echo "  REPORT_ARGS     extra arguments for 'python -m lsq report' (e.g. --no-notebooks)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON_BOOT) -m venv $(VENV)
