@@ -268,7 +268,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, epoch: int, ctx: Contex
     # On CUDA a per-step .item() would stall the pipeline: the finiteness check runs on the device
     # and is read every `check_every` steps; on the CPU reading it is free.
     check_every = 1 if ctx.device.type == "cpu" else 50
-    bad_step = torch.full((), -1, device=ctx.device, dtype=torch.int64)
+    no_bad_step = torch.iinfo(torch.int64).max  # MIN over ranks then names the earliest bad step
+    bad_step = torch.full((), no_bad_step, device=ctx.device, dtype=torch.int64)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not ctx.progress or None,
                unit="batch", dynamic_ncols=True)
     for step, (images, labels) in enumerate(bar):
@@ -277,13 +278,14 @@ def train_one_epoch(model, loader, optimizer, scheduler, epoch: int, ctx: Contex
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
         finite = torch.isfinite(loss.detach())
-        bad_step = torch.where((bad_step < 0) & ~finite, torch.full_like(bad_step, step), bad_step)
+        bad_step = torch.where((bad_step == no_bad_step) & ~finite, torch.full_like(bad_step, step),
+                               bad_step)
         if step % check_every == 0 or step == len(loader) - 1:
             # Every rank must stop together: one raising alone would leave the others waiting
             # in DDP's gradient all-reduce.
             if ctx.world_size > 1:
-                dist.all_reduce(bad_step, op=dist.ReduceOp.MAX)
-            if int(bad_step) >= 0:
+                dist.all_reduce(bad_step, op=dist.ReduceOp.MIN)
+            if int(bad_step) != no_bad_step:
                 layer = _first_nonfinite_layer(model, images, ctx)
                 where = f"; first non-finite output: {layer}" if layer else ""
                 raise NonFiniteLossError(
