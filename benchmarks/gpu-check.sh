@@ -1,29 +1,92 @@
 #!/usr/bin/env bash
-# The prepared GPU check for a session that is lent a GPU (issue #7): run it once, from the
-# repository root, on the device machine, e.g. through the device tool:
-#     bash benchmarks/gpu-check.sh            # results land in $OUT (the tool's output folder)
-# The device image has torch, torchvision, pandas, tqdm and PyYAML, so no venv is built there.
-# It prints the card, then the quantizer and per-row training benchmarks (eager and compiled),
-# then times the whole synthetic CIFAR-shaped table at the paper profile (float + 4 rows x 90
-# epochs, 50k images, batch 128), rows 1-4 concurrently after row 0, within TABLE_SECONDS.
+# The prepared GPU check (issue #7), run once per lent GPU from the repository root:
+#     OUT=/tmp/gpu-check bash benchmarks/gpu-check.sh      # the device tool sets OUT itself
+# It uses the machine's own python3 (torch, pandas, tqdm, PyYAML, pytest and hypothesis are on
+# the device image), no venv. Phases, each with its own time limit, all logged to $OUT:
+#   1. the CUDA tests (CUDA-graph replay vs eager, GPU data pipeline);
+#   2. bench train, rows 0 and 4, the default CUDA path (torch.compile + CUDA graphs), bf16;
+#   3. the whole synthetic CIFAR-shaped table at the paper profile (float + rows 1-4, 90 epochs
+#      each, 50k images, batch 128): row 0, then rows 1-4 as 4 concurrent processes (what
+#      `make -j5 synthetic PROFILE=paper DEVICE=cuda` does), with a cold compiler cache;
+#   4. bench train without torch.compile, and without CUDA graphs either (what each part buys);
+#   5. bench quantizer on the GPU.
+# A phase that fails does not stop the next; the table falls back to the eager path if phase 1
+# or 2 shows the fast path broken.
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-check}
+BUDGET=${BUDGET:-560}          # seconds for the whole script
 TABLE_SECONDS=${TABLE_SECONDS:-300}
-mkdir -p "$OUT"
-log() { tee -a "$OUT/gpu-check.log"; }
+DEVICE=${DEVICE:-cuda} PROFILE=${PROFILE:-paper} STEPS=${STEPS:-50}  # DEVICE=cpu PROFILE=smoke: a dry run
+WORK=/tmp/gpu-check-work; rm -rf "$WORK"; mkdir -p "$OUT" "$WORK"
+LOG=$OUT/gpu-check.log
+# Everything else goes into one archive, packed after every phase (the tool returns <= 8 files).
+pack() { tar czf "$OUT/gpu-check.tgz" --exclude=checkpoint.pt -C "$WORK" . 2>/dev/null; }
+T0=$(date +%s)
+elapsed() { echo $(( $(date +%s) - T0 )); }
+say() { echo "== $* (t=$(elapsed) s)" | tee -a "$LOG"; }
+# limited SECONDS LOGFILE CMD...: run with a time limit, keep the whole output in LOGFILE.
+limited() { local limit=$1 file=$2; shift 2; timeout "$limit" "$@" >"$file" 2>&1; local rc=$?
+            tail -n 25 "$file" | tee -a "$LOG"; return $rc; }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | log
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1 | log
-python3 -m lsq bench quantizer --device cuda 2>&1 | log
-python3 -m lsq bench train --device cuda --amp --channels-last 2>&1 | log
-python3 -m lsq bench train --device cuda --amp --channels-last --compile 2>&1 | log
+say "card and software"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee -a "$LOG"
+nproc | sed 's/^/cpu cores: /' | tee -a "$LOG"
+python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" 2>&1 | tee -a "$LOG"
 
-runs="$OUT/runs"
-train() { python3 -m lsq train --dataset synthetic --profile paper --device cuda --amp \
-            --channels-last --no-progress --runs-dir "$runs" "$@"; }
+FAST=""   # extra flags for the table if the fast path proves broken
+say "phase 1: CUDA tests"
+limited 150 "$WORK/tests.log" python3 -m pytest -q -p no:cacheprovider tests/test_step.py \
+  tests/test_data.py -k "cuda or fused or tallies" || { FAST="--no-cuda-graphs"; say "CUDA tests failed: table runs without CUDA graphs"; }
+
+say "phase 2: bench train, default CUDA path (compile + graphs), bf16, channels_last"
+limited 150 "$WORK/bench-default.log" python3 -m lsq bench train --device $DEVICE --rows 0,4 --steps $STEPS \
+  --amp --channels-last --json "$WORK/bench-default.json" $FAST \
+  || { FAST="--no-compile $FAST"; say "compiled bench failed: table runs without torch.compile"; }
+
+pack
+say "phase 3: synthetic CIFAR-shaped table, paper profile, cold compiler cache, flags: --amp --channels-last $FAST"
+RUNS=$WORK/table; mkdir -p "$RUNS/logs"
+export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-table; rm -rf "$TORCHINDUCTOR_CACHE_DIR"
+row() { LSQ_DEBUG=1 python3 -m lsq train --dataset synthetic --profile $PROFILE --device $DEVICE --amp --channels-last \
+        --no-progress --runs-dir "$RUNS" --row "$1" $FAST >"$RUNS/logs/row$1.log" 2>&1; }
+export -f row; export RUNS FAST PROFILE DEVICE
 start=$(date +%s)
-timeout "$TABLE_SECONDS" bash -c "$(declare -f train); runs='$runs';
-  train --row 0 && { for r in 1 2 3 4; do train --row \$r & done; wait; }" 2>&1 | tail -n 20 | log
-echo "synthetic paper-profile table: $(( $(date +%s) - start )) s wall (limit ${TABLE_SECONDS} s)" | log
-find "$runs" -name summary.json | sort | while read -r f; do echo "$f"; cat "$f"; done > "$OUT/summaries.txt"
+timeout "$TABLE_SECONDS" bash -c 'row 0 && { for r in 1 2 3 4; do row $r & done; wait; }'
+table_rc=$?
+table_wall=$(( $(date +%s) - start ))
+say "table: exit $table_rc, ${table_wall} s wall (limit ${TABLE_SECONDS} s)"
+unset TORCHINDUCTOR_CACHE_DIR
+python3 - "$RUNS" "$PROFILE" <<'EOF' 2>&1 | tee -a "$LOG"
+import json, statistics, sys
+from pathlib import Path
+runs = Path(sys.argv[1]) / "synthetic" / sys.argv[2]
+for row in range(5):
+    d = runs / f"row{row}" / "seed0"
+    lines = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()] if (d / "metrics.jsonl").exists() else []
+    trained = [r for r in lines if r["epoch"] > 0]
+    summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else None
+    ips = statistics.median(r["images_per_second"] for r in trained) if trained else float("nan")
+    sec = statistics.median(r["epoch_seconds"] for r in trained) if trained else float("nan")
+    epochs = summary["epochs"] if summary else 90
+    print(f"row {row}: epochs {len(trained)}/{epochs}, median {ips:,.0f} img/s train, {sec:.2f} s/epoch "
+          f"(train+eval), projected {epochs} epochs {epochs * sec:.0f} s, "
+          + (f"done: wall {summary['wall_seconds']:.0f} s, top-1 {summary['final_top1']:.2f}%" if summary else "not finished"))
+EOF
+grep -h "CUDA fast path\|Error\|error\|Warning" "$RUNS"/logs/*.log | sort | uniq -c | head -20 | tee -a "$LOG"
+pack
+
+say "phase 4: bench train without torch.compile, then without CUDA graphs either"
+[ "$DEVICE" = cuda ] && limited 90 "$WORK/bench-graphs-only.log" python3 -m lsq bench train --device $DEVICE \
+  --rows 0,4 --steps $STEPS --amp --channels-last --no-compile --json "$WORK/bench-graphs-only.json"
+limited 90 "$WORK/bench-eager.log" python3 -m lsq bench train --device $DEVICE --rows 0,4 --steps $STEPS \
+  --amp --channels-last --no-compile --no-cuda-graphs --json "$WORK/bench-eager.json"
+pack
+
+remaining=$(( BUDGET - $(elapsed) - 10 ))
+if (( remaining > 30 )); then
+  say "phase 5: bench quantizer (limit ${remaining} s)"
+  limited "$remaining" "$WORK/bench-quantizer.log" python3 -m lsq bench quantizer --device $DEVICE
+fi
+pack
+say "done"

@@ -37,7 +37,11 @@ def _train_parser(sub) -> None:
     p.add_argument("--workers", type=int, help="data-loading processes (ImageNet)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    p.add_argument("--compile", action="store_true", help="torch.compile the whole model")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the whole model (default: on for CUDA, off on the CPU)")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="capture the training step as a CUDA graph (default: on for one CUDA "
+                        "device, off under torchrun and on the CPU)")
     p.add_argument("--weights", help="ImageNet row 0: local torchvision weights file, or IMAGENET1K_V1")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted config override, e.g. --set optim.weight_decay=5e-5 (repeatable)")
@@ -60,7 +64,9 @@ def _config_from_args(args):
         data = replace(data, data_dir=args.data_dir)
     return replace(config, device=args.device, amp=args.amp or config.amp,
                    channels_last=args.channels_last or config.channels_last,
-                   compile_model=args.compile or config.compile_model, data=data,
+                   compile_model=config.compile_model if args.compile is None else args.compile,
+                   cuda_graphs=config.cuda_graphs if args.cuda_graphs is None else args.cuda_graphs,
+                   data=data,
                    pretrained_weights=args.weights if args.weights is not None else config.pretrained_weights)
 
 

@@ -168,6 +168,9 @@ def crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: to
     ]
 
 
+AUGMENT_CHUNK_BATCHES = 32  # CIFAR at batch 128: a 50 MB float chunk
+
+
 class TensorLoader:
     """Batches from a uint8 image tensor held on the device; no per-image Python.
 
@@ -228,12 +231,17 @@ class TensorLoader:
         flips = (torch.rand(n, generator=generator) < 0.5)[indices]
         # One host-to-device copy per epoch instead of four small ones per batch.
         indices, offsets, flips = indices.to(device), offsets.to(device), flips.to(device)
-        for start in range(0, len(indices), self.batch_size):
-            end = start + self.batch_size
-            batch = indices[start:end]
-            images = crop_flip(self.images[batch], offsets[0, start:end], offsets[1, start:end],
-                               flips[start:end], self.padding)
-            yield self.normalize(images), self.labels[batch]
+        # Augment and normalise AUGMENT_CHUNK_BATCHES batches per gather: a batch is then a slice
+        # (no kernel launch), which matters when a training step is one CUDA-graph replay.
+        chunk = self.batch_size * AUGMENT_CHUNK_BATCHES
+        for chunk_start in range(0, len(indices), chunk):
+            part = slice(chunk_start, chunk_start + chunk)
+            batch = indices[part]
+            images = self.normalize(crop_flip(self.images[batch], offsets[0, part], offsets[1, part],
+                                              flips[part], self.padding))
+            labels = self.labels[batch]
+            for start in range(0, len(batch), self.batch_size):
+                yield images[start:start + self.batch_size], labels[start:start + self.batch_size]
 
 
 # --- dataset readers -------------------------------------------------------------------------

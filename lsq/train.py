@@ -20,7 +20,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,6 +38,8 @@ from lsq.experiments import get_table
 from lsq.layers import QConv2d, QLinear
 from lsq.models import build_model
 from lsq.quantizer import MIN_STEP_SIZE
+from lsq.step import (Context, TrainStep, first_nonfinite_layer,  # noqa: F401 (re-exported)
+                      project_step_sizes)
 
 
 TORCHVISION_WEIGHT_NAMES = ("IMAGENET1K_V1", "DEFAULT")
@@ -192,15 +194,6 @@ def step_size_params(model: nn.Module) -> list[torch.Tensor]:
     return [p for name, p in unwrap(model).named_parameters() if is_step_size(name)]
 
 
-@torch.no_grad()
-def project_step_sizes(step_sizes: list[torch.Tensor]) -> None:
-    """Projected SGD onto ``s >= MIN_STEP_SIZE``: an update that would make a step size
-    non-positive (large step-size lr, oversized init) leaves it at the floor, where it still gets
-    gradients, instead of below it, where the forward's clamp would freeze it for good."""
-    if step_sizes:
-        torch._foreach_clamp_min_(step_sizes, MIN_STEP_SIZE)
-
-
 def check_step_sizes(model: nn.Module, epoch: int) -> None:
     for name, quantizer in quantizers(unwrap(model)):
         s = quantizer.step_size.detach()
@@ -215,91 +208,39 @@ def check_step_sizes(model: nn.Module, epoch: int) -> None:
 # --- the loop ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Context:
-    """What the loop needs besides model, data and optimizer."""
-
-    device: torch.device
-    amp: bool = False
-    channels_last: bool = False
-    rank: int = 0
-    world_size: int = 1
-    progress: bool = True
-    step_sizes: list = field(default_factory=list)  # projected onto s >= floor after each step
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
-
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
-
-    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.world_size > 1:
-            dist.all_reduce(tensor)
-        return tensor
-
-
-def _first_nonfinite_layer(model: nn.Module, images: torch.Tensor, ctx: Context) -> str | None:
-    """Re-run the batch with hooks to name the first module whose output is not finite."""
-    found: list[str] = []
-
-    def hook(name):
-        def check(_module, _inputs, output):
-            if not found and isinstance(output, torch.Tensor) and not torch.isfinite(output).all():
-                found.append(name)
-        return check
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in unwrap(model).named_modules() if n]
-    try:
-        with torch.no_grad(), ctx.autocast():
-            model(images)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return found[0] if found else None
-
-
-def train_one_epoch(model, loader, optimizer, scheduler, epoch: int, ctx: Context) -> dict:
+def train_one_epoch(model, loader, optimizer, scheduler, epoch: int, ctx: Context,
+                    step: TrainStep | None = None) -> dict:
+    """One pass over ``loader``; ``step`` (default: a fresh eager :class:`TrainStep`) is kept
+    across epochs by ``fit`` so that a captured CUDA graph is reused."""
+    step = step if step is not None else TrainStep(model, optimizer, ctx)
     model.train()
     loader.set_epoch(epoch)
-    loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
-    correct = torch.zeros((), device=ctx.device, dtype=torch.int64)
+    step.reset()
     seen = 0
-    # On CUDA a per-step .item() would stall the pipeline: the finiteness check runs on the device
-    # and is read every `check_every` steps; on the CPU reading it is free.
+    # On CUDA a per-step host read would stall the pipeline: the finiteness flag lives on the
+    # device and is read every `check_every` steps; on the CPU reading it is free.
     check_every = 1 if ctx.device.type == "cpu" else 50
-    no_bad_step = torch.iinfo(torch.int64).max  # MIN over ranks then names the earliest bad step
-    bad_step = torch.full((), no_bad_step, device=ctx.device, dtype=torch.int64)
+
+    def check(images):
+        # Every rank must stop together: one raising alone would leave the others waiting in
+        # DDP's gradient all-reduce (first_bad_step reduces over ranks).
+        bad = step.first_bad_step()
+        if bad is not None:
+            layer = first_nonfinite_layer(step.eager_model, images, ctx)
+            where = f"; first non-finite output: {layer}" if layer else ""
+            raise NonFiniteLossError(
+                f"non-finite loss in epoch {epoch + 1} at step {bad + 1}{where}; "
+                "lower the learning rate (--lr) or check the data"
+            )
+
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not ctx.progress or None,
                unit="batch", dynamic_ncols=True)
-    for step, (images, labels) in enumerate(bar):
-        images = ctx.prepare(images)
-        with ctx.autocast():
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels)
-        finite = torch.isfinite(loss.detach())
-        bad_step = torch.where((bad_step == no_bad_step) & ~finite, torch.full_like(bad_step, step),
-                               bad_step)
-        if step % check_every == 0 or step == len(loader) - 1:
-            # Every rank must stop together: one raising alone would leave the others waiting
-            # in DDP's gradient all-reduce.
-            if ctx.world_size > 1:
-                dist.all_reduce(bad_step, op=dist.ReduceOp.MIN)
-            if int(bad_step) != no_bad_step:
-                layer = _first_nonfinite_layer(model, images, ctx)
-                where = f"; first non-finite output: {layer}" if layer else ""
-                raise NonFiniteLossError(
-                    f"non-finite loss in epoch {epoch + 1} at step {int(bad_step) + 1}{where}; "
-                    "lower the learning rate (--lr) or check the data"
-                )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        project_step_sizes(ctx.step_sizes)
+    for index, (images, labels) in enumerate(bar):
+        last = index == len(loader) - 1
+        step(ctx.prepare(images), labels, check if index % check_every == 0 or last else None)
         scheduler.step()
-        loss_sum += loss.detach().double() * labels.shape[0]
-        correct += (logits.argmax(1) == labels).sum()
         seen += labels.shape[0]
+    loss_sum, correct, _ = step.tallies()
     totals = ctx.all_reduce(torch.stack([loss_sum, correct.double(),
                                          torch.tensor(float(seen), device=ctx.device, dtype=torch.float64)]))
     loss_total, correct_total, seen_total = totals.tolist()
@@ -378,9 +319,10 @@ def _baseline_state(config: RunConfig, runs_dir: Path) -> dict:
 
 
 def _result_defining(config: RunConfig) -> RunConfig:
-    """The config without where and how the run executes (device, data location, loader workers,
-    download), which may change between an interrupted run and its resume."""
-    return replace(config, device="auto",
+    """The config without where and how the run executes (device, compilation, CUDA graphs, data
+    location, loader workers, download), which may change between an interrupted run and its
+    resume."""
+    return replace(config, device="auto", compile_model=None, cuda_graphs=None,
                    data=replace(config.data, data_dir=None, workers=0, download=False))
 
 
@@ -430,7 +372,11 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     is_main = rank == 0
-    ctx = Context(device, config.amp, config.channels_last, rank, world_size, progress and is_main)
+    compile_model, cuda_graphs = resolve_fast_path(config, device, world_size)
+    ctx = Context(device, config.amp, config.channels_last, rank, world_size, progress and is_main,
+                  cuda_graphs=cuda_graphs)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once
 
     float_state = None if config.quant.is_float else _baseline_state(config, runs_dir)
     seed_everything(config.seed)
@@ -470,12 +416,17 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
         if is_main:
             log(f"{run_dir}: resuming after epoch {start_epoch}")
     # After calibration: DDP broadcasts rank 0's step sizes with every other parameter.
-    train_model = _wrap(model, config, device, world_size)
+    train_model = _wrap(model, compile_model, device, world_size)
+    step = TrainStep(train_model, optimizer, ctx, eager_model=model)
+    if is_main and device.type == "cuda":
+        log(f"CUDA fast path: torch.compile {'on' if compile_model else 'off'}, CUDA graphs "
+            f"{'on' if cuda_graphs else 'off'}, amp {'bf16' if config.amp else 'off'}, "
+            f"channels_last {'on' if config.channels_last else 'off'}")
     if fresh:
         if quantizers(model) or config.optim.epochs == 0:
             # Epoch 0: the converted, initialised model before any step (or a pretrained float).
             record = _epoch_record(0, optimizer.param_groups[0]["lr"], None,
-                                   evaluate(train_model, data.test, ctx), model, 0.0, None)
+                                   evaluate(model, data.test, ctx), model, 0.0, None)
             if is_main:
                 rundir.append_metrics(metrics_path, record)
         if is_main:
@@ -485,10 +436,13 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
     for epoch in range(start_epoch, config.optim.epochs):
         epoch_start = time.time()
         lr = optimizer.param_groups[0]["lr"]
-        train_metrics = train_one_epoch(train_model, data.train, optimizer, scheduler, epoch, ctx)
+        train_metrics = train_one_epoch(train_model, data.train, optimizer, scheduler, epoch, ctx,
+                                        step)
         train_seconds = time.time() - epoch_start
         check_step_sizes(model, epoch + 1)
-        test_metrics = evaluate(train_model, data.test, ctx)
+        # The plain module: evaluation needs no DDP, and a compiled model would compile again
+        # for eval mode and the eval batch size.
+        test_metrics = evaluate(model, data.test, ctx)
         epoch_seconds = time.time() - epoch_start
         record = _epoch_record(epoch + 1, lr, train_metrics, test_metrics, model, epoch_seconds,
                                train_metrics["train_images"] / max(train_seconds, 1e-9))
@@ -540,14 +494,38 @@ def _epoch_record(epoch: int, lr: float, train_metrics: dict | None, test_metric
             "epoch_seconds": epoch_seconds, "images_per_second": images_per_second}
 
 
-def _wrap(model: nn.Module, config: RunConfig, device: torch.device, world_size: int) -> nn.Module:
+def resolve_fast_path(config: RunConfig, device: torch.device, world_size: int) -> tuple[bool, bool]:
+    """(torch.compile, CUDA graphs) for this run: each is the config's choice, or when that is
+    ``None`` (auto) on for CUDA; graphs only in a single process (DDP's all-reduce is not
+    captured here)."""
+    on_cuda = device.type == "cuda"
+    compile_model = on_cuda if config.compile_model is None else config.compile_model
+    cuda_graphs = (on_cuda and world_size == 1) if config.cuda_graphs is None else config.cuda_graphs
+    if cuda_graphs and not on_cuda:
+        raise TrainingError(f"--cuda-graphs needs a CUDA device, not {device}; drop the flag "
+                            "or use --device cuda")
+    if cuda_graphs and world_size > 1:
+        raise TrainingError("--cuda-graphs is not supported under torchrun (DDP); drop the flag "
+                            "(graphs are off by default there)")
+    if compile_model and not torch._dynamo.is_dynamo_supported():
+        if config.compile_model:
+            raise TrainingError("--compile: torch.compile is not supported on this Python/torch; "
+                                "drop the flag")
+        compile_model = False  # auto: quietly eager where the compiler cannot run
+    return compile_model, cuda_graphs
+
+
+def _wrap(model: nn.Module, compile_model: bool, device: torch.device, world_size: int) -> nn.Module:
     """The module the loop steps: DDP across ranks and/or ``torch.compile``; ``model`` itself
-    stays the unwrapped one for checkpoints and metrics."""
+    stays the unwrapped one for checkpoints, metrics and evaluation."""
     wrapped = model
     if world_size > 1:
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile_model:
+    if compile_model:
+        # A graph the compiler cannot handle runs eagerly (with a warning) instead of failing
+        # the run: compilation is a speed-up, never part of the result.
+        torch._dynamo.config.suppress_errors = True
         wrapped = torch.compile(wrapped)
     return wrapped
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 from lsq.config import make_config
 from lsq.experiments import get_table
-from lsq.rundir import device_description
-from lsq.train import Context, build_optimizer, build_run_model, calibrate, resolve_device
+from lsq.rundir import device_description, write_json
+from lsq.step import WARMUP_STEPS, Context, TrainStep
+from lsq.train import build_optimizer, build_run_model, calibrate, resolve_device, step_size_params
 from lsq.bench import sync
 
 TRAIN_IMAGES = {"cifar10": 50_000, "imagenet": 1_281_167, "fashion-mnist": 60_000, "synthetic": 50_000}
@@ -42,39 +43,38 @@ class _RepeatLoader:
 
 
 def time_row(dataset: str, row: int, *, device, batch_size: int, steps: int, warmup: int,
-             amp: bool, channels_last: bool, compile_model: bool) -> float:
-    """Median seconds per training step of one row."""
+             amp: bool, channels_last: bool, compile_model: bool, cuda_graphs: bool) -> float:
+    """Median seconds per training step of one row, through the loop's own :class:`TrainStep`
+    (so CUDA graphs and the fused update are what training uses)."""
     table = get_table(dataset)
     config = make_config(dataset, row, "paper")
     model = build_run_model(config).to(device)
     shape = (batch_size, table.in_channels, table.image_size, table.image_size)
     images = torch.randn(shape, device=device)
     labels = torch.randint(0, table.num_classes, (batch_size,), device=device)
-    ctx = Context(device, amp=amp, channels_last=channels_last, progress=False)
+    ctx = Context(device, amp=amp, channels_last=channels_last, progress=False,
+                  cuda_graphs=cuda_graphs)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     calibrate(model, _RepeatLoader(images, labels), ctx)
+    ctx.step_sizes = step_size_params(model)
     optimizer = build_optimizer(model, config)
     step_model = torch.compile(model) if compile_model else model
+    step = TrainStep(step_model, optimizer, ctx, eager_model=model)
     images = ctx.prepare(images)
 
-    def step():
-        with ctx.autocast():
-            loss = F.cross_entropy(step_model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
     model.train()
-    for _ in range(warmup):
-        step()
+    for _ in range(max(warmup, WARMUP_STEPS + 2 if cuda_graphs else 0)):
+        step(images, labels)
     times = []
     for _ in range(steps):
         sync(device)
         start = time.perf_counter()
-        step()
+        step(images, labels)
         sync(device)
         times.append(time.perf_counter() - start)
+    if cuda_graphs and step.replays == 0:
+        raise RuntimeError("bench: the CUDA graph was never replayed")
     return statistics.median(times)
 
 
@@ -88,22 +88,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the whole model")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the whole model (default: as training, on for CUDA)")
+    parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                        help="replay the step as a CUDA graph (default: as training, on for CUDA)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
+    on_cuda = device.type == "cuda"
+    args.compile = on_cuda if args.compile is None else args.compile
+    args.cuda_graphs = on_cuda if args.cuda_graphs is None else args.cuda_graphs
+    if args.cuda_graphs and not on_cuda:
+        parser.error("--cuda-graphs needs a CUDA device (--device cuda)")
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True
     rows = [int(r) for r in args.rows.split(",")]
     table = get_table(args.dataset)
     batch_size = args.batch_size or make_config(args.dataset, 1, "paper").optim.batch_size
     print(f"# bench train: {args.dataset} ({table.model}), batch {batch_size}, device "
           f"{device_description(device)}, torch {torch.__version__}, amp={args.amp}, "
-          f"channels_last={args.channels_last}, compile={args.compile}")
+          f"channels_last={args.channels_last}, compile={args.compile}, "
+          f"cuda_graphs={args.cuda_graphs}")
     print(f"{'row':>4} {'ms/step':>9} {'img/s':>9} {'x float':>8} {'paper epochs':>13} {'est. hours':>11}")
-    total_hours, float_time = 0.0, None
+    total_hours, float_time, results = 0.0, None, []
     for row in rows:
         seconds = time_row(args.dataset, row, device=device, batch_size=batch_size, steps=args.steps,
                            warmup=args.warmup, amp=args.amp, channels_last=args.channels_last,
-                           compile_model=args.compile)
+                           compile_model=args.compile, cuda_graphs=args.cuda_graphs)
         if row == 0:
             float_time = seconds
         epochs = make_config(args.dataset, row, "paper").optim.epochs
@@ -111,6 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         total_hours += hours
         ratio = f"{seconds / float_time:8.2f}" if float_time else f"{'-':>8}"
         print(f"{row:>4} {seconds * 1e3:9.1f} {batch_size / seconds:9.0f} {ratio} {epochs:>13} {hours:11.2f}")
+        results.append({"row": row, "seconds_per_step": seconds, "images_per_second": batch_size / seconds,
+                        "ratio_to_float": seconds / float_time if float_time else None,
+                        "paper_epochs": epochs, "estimated_hours": hours})
     print(f"estimated wall time of the whole {args.dataset} table at the paper profile "
           f"(training steps only, rows {args.rows}): {total_hours:.2f} h = {total_hours * 60:.1f} min")
+    if args.json:
+        write_json(Path(args.json), {
+            "dataset": args.dataset, "batch_size": batch_size, "device": device_description(device),
+            "torch": torch.__version__, "amp": args.amp, "channels_last": args.channels_last,
+            "compile": args.compile, "cuda_graphs": args.cuda_graphs, "rows": results,
+            "estimated_table_hours": total_hours})
     return 0
