@@ -4,6 +4,8 @@ For each row of a table (float baseline and LSQ rows 1-4) it times the real trai
 (forward, backward, SGD step with the row's optimizer groups) on synthetic input of the table's
 shape on the chosen device, then estimates the wall time of the whole table at the ``paper``
 profile (every row's epochs x training images / images per second; evaluation not included).
+``setup s`` is what a run pays once before its first timed step: model build, calibration,
+``torch.compile`` and CUDA-graph capture.
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ class _RepeatLoader:
 
 
 def time_row(dataset: str, row: int, *, device, batch_size: int, steps: int, warmup: int,
-             amp: bool, channels_last: bool, compile_model: bool, cuda_graphs: bool) -> float:
-    """Median seconds per training step of one row, through the loop's own :class:`TrainStep`
-    (so CUDA graphs and the fused update are what training uses)."""
+             amp: bool, channels_last: bool, compile_model: bool, cuda_graphs: bool) -> tuple[float, float]:
+    """(median seconds per training step, seconds of setup: build, calibrate, compile, capture
+    and warm-up) of one row, through the loop's own :class:`TrainStep` (so CUDA graphs and the
+    fused update are what training uses)."""
+    setup_start = time.perf_counter()
     table = get_table(dataset)
     config = make_config(dataset, row, "paper")
     model = build_run_model(config).to(device)
@@ -66,6 +70,8 @@ def time_row(dataset: str, row: int, *, device, batch_size: int, steps: int, war
     model.train()
     for _ in range(max(warmup, WARMUP_STEPS + 2 if cuda_graphs else 0)):
         step(images, labels)
+    sync(device)
+    setup_seconds = time.perf_counter() - setup_start
     times = []
     for _ in range(steps):
         sync(device)
@@ -75,7 +81,7 @@ def time_row(dataset: str, row: int, *, device, batch_size: int, steps: int, war
         times.append(time.perf_counter() - start)
     if cuda_graphs and step.replays == 0:
         raise RuntimeError("bench: the CUDA graph was never replayed")
-    return statistics.median(times)
+    return statistics.median(times), setup_seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{device_description(device)}, torch {torch.__version__}, amp={args.amp}, "
           f"channels_last={args.channels_last}, compile={args.compile}, "
           f"cuda_graphs={args.cuda_graphs}")
-    print(f"{'row':>4} {'ms/step':>9} {'img/s':>9} {'x float':>8} {'paper epochs':>13} {'est. hours':>11}")
+    print(f"{'row':>4} {'ms/step':>9} {'img/s':>9} {'x float':>8} {'paper epochs':>13} {'est. hours':>11} "
+          f"{'setup s':>8}")
     total_hours, float_time, results = 0.0, None, []
     for row in rows:
-        seconds = time_row(args.dataset, row, device=device, batch_size=batch_size, steps=args.steps,
+        seconds, setup_seconds = time_row(args.dataset, row, device=device, batch_size=batch_size, steps=args.steps,
                            warmup=args.warmup, amp=args.amp, channels_last=args.channels_last,
                            compile_model=args.compile, cuda_graphs=args.cuda_graphs)
         if row == 0:
@@ -122,10 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         hours = epochs * TRAIN_IMAGES[args.dataset] / (batch_size / seconds) / 3600
         total_hours += hours
         ratio = f"{seconds / float_time:8.2f}" if float_time else f"{'-':>8}"
-        print(f"{row:>4} {seconds * 1e3:9.1f} {batch_size / seconds:9.0f} {ratio} {epochs:>13} {hours:11.2f}")
+        print(f"{row:>4} {seconds * 1e3:9.1f} {batch_size / seconds:9.0f} {ratio} {epochs:>13} {hours:11.2f} {setup_seconds:8.1f}")
         results.append({"row": row, "seconds_per_step": seconds, "images_per_second": batch_size / seconds,
                         "ratio_to_float": seconds / float_time if float_time else None,
-                        "paper_epochs": epochs, "estimated_hours": hours})
+                        "paper_epochs": epochs, "estimated_hours": hours, "setup_seconds": setup_seconds})
     print(f"estimated wall time of the whole {args.dataset} table at the paper profile "
           f"(training steps only, rows {args.rows}): {total_hours:.2f} h = {total_hours * 60:.1f} min")
     if args.json:
