@@ -487,3 +487,73 @@ def test_parse_levels_garbage(text):
 def test_bad_bit_widths(call):
     with pytest.raises(ValueError, match="bit"):
         call()
+
+
+# --- the GPU reduction layout and whole-model compilation ---------------------------------------
+
+
+def test_per_row_step_gradient_sums_to_the_whole(kernels):
+    """The GPU layout (one partial step-size gradient per row, summed by the caller) equals the
+    CPU one (the whole sum in the kernel)."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 300, generator=generator, dtype=torch.float64)
+    grad = torch.randn(16, 300, generator=generator, dtype=torch.float64)
+    s = torch.tensor(0.4, dtype=torch.float64)
+    kernel = lsq_quantizer.fake_quantize_backward_kernel
+    grad_x_rows, per_row = kernel(grad, x, s, -1, 1, True)
+    grad_x_whole, whole = kernel(grad, x, s, -1, 1, False)
+    assert per_row.shape == (16,) and whole.shape == ()
+    torch.testing.assert_close(per_row.sum(), whole)
+    torch.testing.assert_close(grad_x_rows, grad_x_whole)
+
+
+def _row4_model(channels_last: bool):
+    from lsq.bench.train import _RepeatLoader
+    from lsq.config import make_config
+    from lsq.step import Context
+    from lsq.train import build_run_model, calibrate
+
+    torch.manual_seed(0)
+    model = build_run_model(make_config("cifar10", 4, "paper"))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    calibrate(model, _RepeatLoader(x, torch.zeros(4, dtype=torch.long)), Context(torch.device("cpu")))
+    return model.train(), x
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_whole_model_compiles_into_one_graph(channels_last):
+    """Under torch.compile of the model the quantizers are traced into the model's graph (no
+    graph break per layer), so the compiler can fuse them with BN and ReLU."""
+    model, x = _row4_model(channels_last)
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons[:3]
+    assert explanation.graph_count == 1
+
+
+@pytest.mark.skipif(not _have_cxx(), reason="no C++ compiler: torch.compile on the CPU cannot work here")
+def test_compiled_model_gradients_match_eager():
+    """A compiled quantized layer stack (float64, where rounding cannot flip a level) gives the
+    eager output and gradients, step sizes included."""
+    torch._dynamo.reset()
+    from lsq.layers import QConv2d
+
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False).double()
+    weight_q = make_quantizer(TERNARY, 0.05)
+    act_q = LsqQuantizer(*UNSIGNED_2BIT, kind="activation").double()
+    layer = torch.nn.Sequential(torch.nn.ReLU(), QConv2d.from_float(
+        conv, weight_quantizer=weight_q, input_quantizer=act_q)).train()
+    x = torch.randn(3, 4, 8, 8, dtype=torch.float64)
+    layer(x)  # initialise the activation step size
+    twin = __import__("copy").deepcopy(layer)
+    out_compiled = torch.compile(layer)(x)
+    out_eager = twin(x)
+    torch.testing.assert_close(out_compiled, out_eager)
+    out_compiled.square().sum().backward()
+    out_eager.square().sum().backward()
+    for (name, a), b in zip(layer.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
