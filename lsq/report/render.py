@@ -23,7 +23,7 @@ import jinja2
 import pandas as pd
 
 from lsq.experiments import TABLES, get_table
-from lsq.report import analysis, claims, figures, tables
+from lsq.report import analysis, claims, figures, speed, tables
 from lsq.report.collect import Runs, load_runs
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -84,8 +84,10 @@ class Page:
 
 
 def build_report(runs_dir: str | Path = "runs", out_dir: str | Path = "report", *,
-                 execute_notebooks: bool = True) -> Path:
-    """Write ``out_dir/*.md`` and ``out_dir/site/`` from every run under ``runs_dir``.
+                 execute_notebooks: bool = True,
+                 results_dir: str | Path = speed.DEFAULT_RESULTS) -> Path:
+    """Write ``out_dir/*.md`` and ``out_dir/site/`` from every run under ``runs_dir``, with the
+    measured speed (``results_dir``, see :mod:`lsq.report.speed`) on the index page.
 
     Returns the path of ``out_dir/site/index.html``. Notebook failures do not stop the report:
     they are listed on the index page and in ``build_report.last_errors``.
@@ -116,7 +118,7 @@ def build_report(runs_dir: str | Path = "runs", out_dir: str | Path = "report", 
     if execute_notebooks:
         errors = _run_notebooks(pages, runs_dir, site)
     build_report.last_errors = errors
-    _write_pages(runs, pages, out_dir, site, skipped, errors)
+    _write_pages(runs, pages, out_dir, site, skipped, errors, Path(results_dir))
     return site / "index.html"
 
 
@@ -374,7 +376,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def _write_pages(runs: Runs, pages: list[Page], out_dir: Path, site: Path,
-                 skipped: list[str], errors: list[str]) -> None:
+                 skipped: list[str], errors: list[str], results_dir: Path) -> None:
     html, md = _environment("html"), _environment("md")
     shutil.copyfile(TEMPLATES / "style.css", site / "style.css")
     _write(site / "pygments.css", _pygments_css())
@@ -391,6 +393,8 @@ def _write_pages(runs: Runs, pages: list[Page], out_dir: Path, site: Path,
         shas=_distinct(summaries["git_sha"]), torch_versions=_distinct(summaries["torch_version"]),
         devices=_distinct(summaries["device"]), wall_text=_wall_text(summaries),
         problems=runs.problems + skipped, errors=errors,
+        speed_bench=speed.bench_table(results_dir), speed_tables=speed.table_timings(results_dir),
+        results_dir=str(results_dir),
         any_synthetic=any(p.synthetic for p in pages),
         no_runs=summaries.empty and runs.in_progress.empty,
         published_notes=[(t.description, tables.implied_baseline_note(name))
@@ -444,8 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="report", help="output directory (default: report)")
     parser.add_argument("--no-notebooks", action="store_true",
                         help="skip executing the papermill notebooks (faster)")
+    parser.add_argument("--results-dir", default=str(speed.DEFAULT_RESULTS),
+                        help="measured speed to show (default: benchmarks/results)")
     args = parser.parse_args(argv)
-    index = build_report(args.runs_dir, args.out, execute_notebooks=not args.no_notebooks)
+    index = build_report(args.runs_dir, args.out, execute_notebooks=not args.no_notebooks,
+                         results_dir=args.results_dir)
     print(f"report: {Path(args.out) / 'index.md'} and {index}")
     for error in build_report.last_errors:
         print(f"notebook error: {error}", file=sys.stderr)

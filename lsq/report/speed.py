@@ -1,0 +1,108 @@
+"""Measured speed for the report: ``benchmarks/results/<check>/`` as tables.
+
+A check folder (one lent GPU session, see ``benchmarks/gpu-check.sh``) holds the JSON written by
+``python -m lsq bench train --json`` (``bench-*.json``) and, under ``table/``, the run directories
+of a timed paper-profile table. Nothing here is typed in by hand: every number is read from those
+files, so the report shows what was measured, on which card, with which torch, and how much of
+the table finished.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+DEFAULT_RESULTS = Path("benchmarks/results")
+
+BENCH_COLUMNS = ["check", "device", "torch", "dataset", "batch", "mode", "row", "ms/step", "img/s",
+                 "x float", "setup s"]
+TABLE_COLUMNS = ["check", "device", "torch", "data", "mode", "row", "epochs done", "median s/epoch",
+                 "wall s", "wall or projection for all epochs, s"]
+
+
+def _mode(amp, channels_last, compile_model, cuda_graphs) -> str:
+    """``compile_model`` / ``cuda_graphs`` of ``None`` are a run config's "auto" (on for CUDA)."""
+    def switch(value, on, off):
+        return f"{on} (auto)" if value is None else (on if value else off)
+
+    parts = ["bf16" if amp else "fp32"] + (["channels_last"] if channels_last else [])
+    parts += [switch(compile_model, "compile", "no compile"),
+              switch(cuda_graphs, "CUDA graphs", "no graphs")]
+    return ", ".join(parts)
+
+
+def bench_table(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
+    """One line per row of every ``bench-*.json`` under ``results_dir/*/``."""
+    lines = []
+    for path in sorted(Path(results_dir).glob("*/bench-*.json")):
+        bench = json.loads(path.read_text())
+        for row in bench["rows"]:
+            ratio = row.get("ratio_to_float")
+            lines.append([
+                path.parent.name, bench["device"], bench["torch"], bench["dataset"],
+                bench["batch_size"],
+                _mode(bench["amp"], bench["channels_last"], bench["compile"], bench["cuda_graphs"]),
+                row["row"],
+                f"{row['seconds_per_step'] * 1e3:.2f}", f"{row['images_per_second']:,.0f}",
+                "—" if ratio is None else f"{ratio:.2f}",
+                "—" if row.get("setup_seconds") is None else f"{row['setup_seconds']:.0f}",
+            ])
+    return pd.DataFrame(lines, columns=BENCH_COLUMNS)
+
+
+def table_timings(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
+    """One line per run of every timed table under ``results_dir/*/table/``: epochs done, the
+    median epoch time (training + evaluation), and the wall time of a finished run or, for a
+    run the time limit stopped, the median epoch time x its epochs (labelled "projected")."""
+    lines = []
+    for check in sorted(p for p in Path(results_dir).glob("*/table") if p.is_dir()):
+        device, torch_version = _check_machine(check)
+        for config_path in sorted(check.glob("*/*/row*/seed*/config.yaml")):
+            run = config_path.parent
+            records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+                       if line.strip()] if (run / "metrics.jsonl").exists() else []
+            trained = [r for r in records if r["epoch"] > 0]
+            summary_path = run / "summary.json"
+            summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+            config = yaml.safe_load(config_path.read_text())
+            epochs = int(config["optim"]["epochs"])
+            per_epoch = statistics.median(r["epoch_seconds"] for r in trained) if trained else None
+            if summary is not None:
+                total = f"{summary['wall_seconds']:.0f} (finished)"
+            elif per_epoch is not None:
+                total = f"{per_epoch * epochs:.0f} (projected: stopped by the time limit)"
+            else:
+                total = "—"
+            lines.append([
+                check.parent.name, (summary or {}).get("device", device),
+                (summary or {}).get("torch_version", torch_version), _data_kind(run, summary),
+                _mode(config["amp"], config["channels_last"], config.get("compile_model"),
+                      config.get("cuda_graphs")),
+                run.parent.name, f"{len(trained)}/{epochs}",
+                "—" if per_epoch is None else f"{per_epoch:.2f}",
+                "—" if summary is None else f"{summary['wall_seconds']:.0f}", total,
+            ])
+    return pd.DataFrame(lines, columns=TABLE_COLUMNS)
+
+
+def _check_machine(table_dir: Path) -> tuple[str, str]:
+    """(device, torch) of a check: one machine ran all of it, so any finished run or bench
+    file of the folder names it for the runs that did not finish."""
+    for summary_path in sorted(table_dir.glob("*/*/row*/seed*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        return summary["device"], summary["torch_version"]
+    for bench_path in sorted(table_dir.parent.glob("bench-*.json")):
+        bench = json.loads(bench_path.read_text())
+        return bench["device"], bench["torch"]
+    return "—", "—"
+
+
+def _data_kind(run: Path, summary: dict | None) -> str:
+    if summary is not None:
+        return summary.get("data_kind", "—")
+    dataset = run.parent.parent.parent.name
+    return "synthetic" if dataset == "synthetic" else dataset

@@ -1,0 +1,86 @@
+"""The report's "Measured speed" section: read from benchmarks/results-style folders, never typed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from lsq.config import make_config
+from lsq.report import build_report
+from lsq.report.speed import bench_table, table_timings
+
+
+def _bench(path: Path, compile_model: bool) -> None:
+    path.write_text(json.dumps({
+        "dataset": "cifar10", "batch_size": 128, "device": "cuda (Test GPU)", "torch": "9.9",
+        "amp": True, "channels_last": True, "compile": compile_model, "cuda_graphs": True,
+        "rows": [
+            {"row": 0, "seconds_per_step": 0.002, "images_per_second": 64000, "ratio_to_float": 1.0,
+             "paper_epochs": 90, "estimated_hours": 0.02, "setup_seconds": 5.0},
+            {"row": 4, "seconds_per_step": 0.003, "images_per_second": 42667, "ratio_to_float": 1.5,
+             "paper_epochs": 90, "estimated_hours": 0.03, "setup_seconds": 9.0},
+        ]}))
+
+
+def _run(table: Path, row: int, epochs_done: int, finished: bool) -> None:
+    config = make_config("synthetic", row, "paper")
+    run = config.run_dir(table)
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
+    records = [{"epoch": e, "epoch_seconds": 3.0 if e else 99.0, "images_per_second": 1.0}
+               for e in range(epochs_done + 1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if finished:
+        (run / "summary.json").write_text(json.dumps({
+            "wall_seconds": 250.0, "device": "cuda (Test GPU)", "torch_version": "9.9",
+            "data_kind": "synthetic"}))
+
+
+def _results(tmp_path: Path) -> Path:
+    check = tmp_path / "results" / "2030-01-01-test"
+    (check / "table").mkdir(parents=True)
+    _bench(check / "bench-default.json", True)
+    _bench(check / "bench-graphs-only.json", False)
+    _run(check / "table", 0, 90, finished=True)
+    _run(check / "table", 4, 10, finished=False)
+    return tmp_path / "results"
+
+
+def test_bench_lines_come_from_the_json(tmp_path):
+    frame = bench_table(_results(tmp_path))
+    assert len(frame) == 4
+    line = frame[(frame["row"] == 4) & frame["mode"].str.contains("no compile")].iloc[0]
+    assert (line["ms/step"], line["img/s"], line["x float"], line["setup s"]) == ("3.00", "42,667", "1.50", "9")
+    assert line["device"] == "cuda (Test GPU)" and line["check"] == "2030-01-01-test"
+
+
+def test_table_lines_finish_or_project_from_the_metrics(tmp_path):
+    frame = table_timings(_results(tmp_path)).set_index("row")
+    assert frame.loc["row0", "epochs done"] == "90/90"
+    assert frame.loc["row0", "wall or projection for all epochs, s"] == "250 (finished)"
+    # 10 epochs done at 3 s each (epoch 0, the untrained evaluation, is left out): 90 at 270 s.
+    assert frame.loc["row4", "epochs done"] == "10/90"
+    assert frame.loc["row4", "median s/epoch"] == "3.00"
+    assert frame.loc["row4", "wall or projection for all epochs, s"].startswith("270 (projected")
+    assert frame.loc["row4", "device"] == "cuda (Test GPU)"  # taken from the finished run
+    assert frame.loc["row4", "data"] == "synthetic"
+    assert "(auto)" in frame.loc["row4", "mode"]
+
+
+def test_no_results_gives_empty_tables(tmp_path):
+    assert bench_table(tmp_path / "missing").empty and table_timings(tmp_path / "missing").empty
+
+
+def test_report_index_shows_measured_speed(tmp_path):
+    results = _results(tmp_path)
+    build_report(tmp_path / "runs", tmp_path / "report", execute_notebooks=False, results_dir=results)
+    markdown = (tmp_path / "report" / "index.md").read_text()
+    html = (tmp_path / "report" / "site" / "index.html").read_text()
+    for text in (markdown, html):
+        assert "Measured speed" in text and "cuda (Test GPU)" in text and "42,667" in text
+        assert "270 (projected" in text
+    build_report(tmp_path / "runs", tmp_path / "report2", execute_notebooks=False,
+                 results_dir=tmp_path / "none")
+    assert "No speed measurements" in (tmp_path / "report2" / "index.md").read_text()
