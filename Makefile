@@ -43,11 +43,12 @@ help: ## list targets and variables
 	@echo "Variables (make VAR=value ...):"
 	@echo "  PROFILE         paper | quick | smoke (default: paper for cifar10/imagenet, quick for fashion-mnist, smoke for synthetic)"
 	@echo "  SEEDS           seeds to train, space-separated (default: $(SEEDS))"
-	@echo "  DEVICE          auto | cpu | cuda | cuda:N (default: $(DEVICE))"
+	@echo "  DEVICE          auto | cpu | cuda | cuda:N (default: $(DEVICE)); on CUDA, torch.compile and CUDA graphs are on"
+	@echo "                  by default (--no-compile / --no-cuda-graphs in TRAIN_ARGS); make -j5 trains rows 1-4 together"
 	@echo "  DATA_DIR        dataset directory (default: data/<dataset>; Fashion-MNIST also /usr/share/datasets/fashion-mnist)"
 	@echo "  RUNS            run directory root (default: $(RUNS))"
 	@echo "  ABLATION_SEEDS  seeds of the ablation runs (default: $(ABLATION_SEEDS))"
-	@echo "  TRAIN_ARGS      extra arguments for every 'python -m lsq train' (e.g. --amp, --weights FILE)"
+	@echo "  TRAIN_ARGS      extra arguments for every 'python -m lsq train' (e.g. --amp --channels-last, --weights FILE)"
 	@echo "  REPORT_ARGS     extra arguments for 'python -m lsq report' (e.g. --no-notebooks)"
 
 $(STAMP): pyproject.toml
