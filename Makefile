@@ -114,10 +114,11 @@ smoke: ## whole pipeline on synthetic data, smoke profile, 2 seeds, to report/si
 test: | $(STAMP) ## run the test suite (installs what it needs first)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
-bench: | $(STAMP) ## benchmarks: quantizer step cost, data path, training throughput
+bench: | $(STAMP) ## benchmarks: quantizer step cost, data path, training throughput, ImageNet decoding
 	$(PY) -m lsq bench quantizer
 	$(PY) -m lsq bench data
 	$(PY) -m lsq bench train
+	$(PY) -m lsq bench imagenet
 
 clean: ## remove generated report files and synthetic/smoke runs (keeps committed real runs)
 	rm -rf report/site report/screenshot.png $(RUNS)/synthetic

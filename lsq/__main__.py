@@ -14,7 +14,7 @@ from dataclasses import replace
 from lsq.config import PROFILES, ConfigError, make_config
 from lsq.experiments import ABLATIONS, TABLES
 
-BENCHES = ("quantizer", "data", "train")
+BENCHES = ("quantizer", "data", "train", "imagenet")
 
 
 def _train_parser(sub) -> None:
