@@ -4,8 +4,9 @@
 # It uses the machine's own python3 (torch, pandas, tqdm, PyYAML, pytest and hypothesis are on
 # the device image), no venv. Phases, each with its own time limit, all logged to $OUT:
 #   1. the CUDA tests (CUDA-graph replay vs eager, GPU data pipeline);
-#   2. bench train, rows 0 and 4, bf16: CUDA graphs alone, then torch.compile + graphs (the
-#      default); the table takes whichever gives the smaller estimated wall time, compile included;
+#   2. bench train, rows 0 and 4, bf16: CUDA graphs (LSQ kernels compiled, then eager), then
+#      torch.compile + graphs (the default); benchmarks/pick_modes.py gives the float row and the
+#      quantized rows each their mode of smallest estimated wall time, compile included;
 #   3. the whole synthetic CIFAR-shaped table at the paper profile (float + rows 1-4, 90 epochs
 #      each, 50k images, batch 128): row 0, then rows 1-4 as 4 concurrent processes (what
 #      `make -j5 synthetic PROFILE=paper DEVICE=cuda` does), with a cold compiler cache;
@@ -40,39 +41,23 @@ say "phase 1: CUDA tests"
 limited 120 "$WORK/tests.log" python3 -m pytest -q -p no:cacheprovider tests/test_step.py \
   tests/test_data.py -k "cuda" || { FAST="--no-cuda-graphs"; say "CUDA tests failed: table runs without CUDA graphs"; }
 
-say "phase 2: bench train rows 0 and 4, bf16, channels_last: CUDA graphs alone, then torch.compile + graphs (the default)"
+say "phase 2: bench train rows 0 and 4, bf16, channels_last: CUDA graphs with compiled LSQ kernels, with eager LSQ kernels, then torch.compile + graphs (the default)"
 limited 80 "$WORK/bench-graphs-only.log" python3 -m lsq bench train --device $DEVICE --rows 0,4 --steps $STEPS \
   --amp --channels-last --no-compile --json "$WORK/bench-graphs-only.json" $FAST
+LSQ_COMPILE=0 limited 60 "$WORK/bench-graphs-eager-kernels.log" python3 -m lsq bench train --device $DEVICE \
+  --rows 0,4 --steps $STEPS --amp --channels-last --no-compile --json "$WORK/bench-graphs-eager-kernels.json" $FAST
 limited 180 "$WORK/bench-default.log" python3 -m lsq bench train --device $DEVICE --rows 0,4 --steps $STEPS \
   --amp --channels-last --json "$WORK/bench-default.json" $FAST
-# The table takes the mode with the smaller estimated wall time: setup (compile) + 90 epochs of
-# row 0, then rows 1-4 sharing the GPU (their steps counted one after another: the worst case).
-FAST=$(python3 - "$WORK" "$FAST" <<'EOF' 2>>"$LOG"
-import json, sys
-from pathlib import Path
-work, fast = Path(sys.argv[1]), sys.argv[2]
-def estimate(name):
-    try:
-        rows = {r["row"]: r for r in json.loads((work / f"bench-{name}.json").read_text())["rows"]}
-    except (OSError, ValueError, KeyError):
-        return None
-    steps = 90 * (50_000 // 128)
-    return (rows[0]["setup_seconds"] + rows[4]["setup_seconds"]
-            + steps * (rows[0]["seconds_per_step"] + 4 * rows[4]["seconds_per_step"]))
-compiled, graphs_only = estimate("default"), estimate("graphs-only")
-print(f"estimated table seconds: compile+graphs {compiled}, graphs only {graphs_only}", file=sys.stderr)
-if compiled is None or (graphs_only is not None and graphs_only < compiled):
-    fast = ("--no-compile " + fast).strip()
-print(fast)
-EOF
-)
+# The float row and the quantized rows each take their fastest measured mode, setup included.
+eval "$(python3 benchmarks/pick_modes.py "$WORK" "$FAST" 2>>"$LOG")"
 pack
-say "phase 3: synthetic CIFAR-shaped table, paper profile, cold compiler cache, flags: --amp --channels-last $FAST"
+say "phase 3: synthetic CIFAR-shaped table, paper profile, cold compiler cache, --amp --channels-last; row 0: $ROW0_MODE ($ROW0_ARGS $ROW0_ENV), rows 1-4: $QROW_MODE ($QROW_ARGS $QROW_ENV)"
 RUNS=$WORK/table; mkdir -p "$RUNS/logs"
 export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-table; rm -rf "$TORCHINDUCTOR_CACHE_DIR"
-row() { LSQ_DEBUG=1 python3 -m lsq train --dataset synthetic --profile $PROFILE --device $DEVICE --amp --channels-last \
-        --no-progress --runs-dir "$RUNS" --row "$1" $FAST >"$RUNS/logs/row$1.log" 2>&1; }
-export -f row; export RUNS FAST PROFILE DEVICE
+row() { local args=$QROW_ARGS envs=$QROW_ENV; [ "$1" = 0 ] && { args=$ROW0_ARGS; envs=$ROW0_ENV; }
+        env LSQ_DEBUG=1 $envs python3 -m lsq train --dataset synthetic --profile $PROFILE --device $DEVICE \
+        --amp --channels-last --no-progress --runs-dir "$RUNS" --row "$1" $args >"$RUNS/logs/row$1.log" 2>&1; }
+export -f row; export RUNS PROFILE DEVICE ROW0_ARGS ROW0_ENV QROW_ARGS QROW_ENV
 start=$(date +%s)
 timeout "$TABLE_SECONDS" bash -c 'row 0 && { for r in 1 2 3 4; do row $r & done; wait; }'
 table_rc=$?
