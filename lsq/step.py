@@ -109,7 +109,8 @@ class TrainStep:
         optimizer: SGD built by ``lsq.train.build_optimizer``.
         ctx: device, autocast, step sizes to project; ``ctx.cuda_graphs`` turns capture on.
         eager_model: the plain module sharing ``model``'s parameters, for batches of another
-            size (a compiled model would recompile for them) and for naming a non-finite layer.
+            size in a single process (a compiled model would recompile for them) and for naming
+            a non-finite layer.
         fused_update: update with the fused SGD kernel and device-tensor lrs even without
             graphs (on by itself with graphs; lets CPU tests check that path).
     """
@@ -182,7 +183,10 @@ class TrainStep:
                 self._step(self.model, images, labels, check)
             torch.cuda.current_stream(self.ctx.device).wait_stream(side)
         else:
-            self._step(self.model if full else self.eager_model, images, labels, check)
+            # A batch of another size skips the compiled model (it would recompile), but never
+            # DDP: outside it the gradients would not be all-reduced.
+            odd_size_model = self.eager_model if self.ctx.world_size == 1 else self.model
+            self._step(self.model if full else odd_size_model, images, labels, check)
         self.eager_steps += 1
 
     def _capture(self, images: torch.Tensor, labels: torch.Tensor) -> None:

@@ -176,3 +176,27 @@ def test_cuda_graph_replay_trains_like_eager_steps(row):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     finally:
         torch.backends.cudnn.deterministic = False
+
+
+class _Counting(torch.nn.Module):
+    """Stands in for a compiled or DDP wrapper: same parameters, counts its calls."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("world_size, wrapper_calls", [(1, 6), (2, 7)])
+def test_odd_size_batch_skips_the_wrapper_only_in_one_process(world_size, wrapper_calls):
+    """The smaller last batch runs on the plain module (no recompile of a compiled model), except
+    under DDP, where leaving the wrapper would skip the gradient all-reduce."""
+    model, optimizer, scheduler, _, batches = _setup(0)
+    wrapper = _Counting(model)
+    ctx = Context(torch.device("cpu"), progress=False, world_size=world_size)
+    step = TrainStep(wrapper, optimizer, ctx, eager_model=model)
+    _train(model, scheduler, step, batches)  # 6 full batches, then one of 5 images
+    assert wrapper.calls == wrapper_calls
