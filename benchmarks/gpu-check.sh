@@ -20,7 +20,8 @@ OUT=${OUT:-/tmp/gpu-check}
 BUDGET=${BUDGET:-560}          # seconds for the whole script
 TABLE_SECONDS=${TABLE_SECONDS:-300}
 DEVICE=${DEVICE:-cuda} PROFILE=${PROFILE:-paper} STEPS=${STEPS:-50}  # DEVICE=cpu PROFILE=smoke: a dry run
-WORK=/tmp/gpu-check-work; rm -rf "$WORK"; mkdir -p "$OUT" "$WORK"
+# WORK's parent is a results folder of one check, the layout lsq.report.speed reads.
+WORK=/tmp/gpu-check-results/check; rm -rf "$WORK"; mkdir -p "$OUT" "$WORK"
 LOG=$OUT/gpu-check.log
 # Everything else goes into one archive, packed after every phase (the tool returns <= 8 files).
 pack() { tar czf "$OUT/gpu-check.tgz" --exclude=checkpoint.pt -C "$WORK" . 2>/dev/null; }
@@ -64,22 +65,8 @@ table_rc=$?
 table_wall=$(( $(date +%s) - start ))
 say "table: exit $table_rc, ${table_wall} s wall (limit ${TABLE_SECONDS} s)"
 unset TORCHINDUCTOR_CACHE_DIR
-python3 - "$RUNS" "$PROFILE" <<'EOF' 2>&1 | tee -a "$LOG"
-import json, statistics, sys
-from pathlib import Path
-runs = Path(sys.argv[1]) / "synthetic" / sys.argv[2]
-for row in range(5):
-    d = runs / f"row{row}" / "seed0"
-    lines = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()] if (d / "metrics.jsonl").exists() else []
-    trained = [r for r in lines if r["epoch"] > 0]
-    summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else None
-    ips = statistics.median(r["images_per_second"] for r in trained) if trained else float("nan")
-    sec = statistics.median(r["epoch_seconds"] for r in trained) if trained else float("nan")
-    epochs = summary["epochs"] if summary else 90
-    print(f"row {row}: epochs {len(trained)}/{epochs}, median {ips:,.0f} img/s train, {sec:.2f} s/epoch "
-          f"(train+eval), projected {epochs} epochs {epochs * sec:.0f} s, "
-          + (f"done: wall {summary['wall_seconds']:.0f} s, top-1 {summary['final_top1']:.2f}%" if summary else "not finished"))
-EOF
+python3 -c "import sys; from lsq.report.speed import table_timings
+print(table_timings(sys.argv[1]).to_string(index=False))" "$(dirname "$WORK")" 2>&1 | tee -a "$LOG"
 grep -h "CUDA fast path\|Error\|error\|Warning" "$RUNS"/logs/*.log | sort | uniq -c | head -20 | tee -a "$LOG"
 pack
 

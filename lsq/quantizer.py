@@ -24,9 +24,10 @@ Level sets are plain ``(q_min, q_max)`` pairs: ternary ``[-1, 0, 1]`` is ``(-1, 
 unsigned ``[0, 1, 2, 3]`` is ``(0, 3)``; :func:`signed_levels` and :func:`unsigned_levels` build
 the general b-bit ranges.
 
-Speed: the forward is one fused pass and the backward one fused pass (with one partial step-size
-gradient per row) plus a tiny sum, produced by ``torch.compile`` of the two small functions below; when compilation is unavailable (no C++
-compiler, unsupported platform, ``LSQ_COMPILE=0``) the same functions run eagerly. Both paths are
+Speed: the forward is one fused pass and the backward one fused pass plus a reduction (on a GPU
+one partial step-size gradient per row, then a tiny sum), produced by ``torch.compile`` of the two
+small functions below; when compilation is unavailable (no C++ compiler, unsupported platform,
+``LSQ_COMPILE=0``) the same functions run eagerly. Both paths are
 checked against ``torch.autograd.gradcheck`` and a reference in the tests.
 """
 

@@ -66,9 +66,9 @@ class Context:
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
-    def all_reduce(self, tensor: torch.Tensor, op=None) -> torch.Tensor:
+    def all_reduce(self, tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
         if self.world_size > 1:
-            dist.all_reduce(tensor, **({} if op is None else {"op": op}))
+            dist.all_reduce(tensor, op=op)
         return tensor
 
 
@@ -151,7 +151,7 @@ class TrainStep:
     def first_bad_step(self) -> int | None:
         """A host sync: the earliest step (over all ranks) whose loss was not finite."""
         bad = self.bad_step.clone()
-        self.ctx.all_reduce(bad, op=dist.ReduceOp.MIN if self.ctx.world_size > 1 else None)
+        self.ctx.all_reduce(bad, op=dist.ReduceOp.MIN)
         value = int(bad)
         return None if value == NO_BAD_STEP else value
 

@@ -66,7 +66,7 @@ def test_table_lines_finish_or_project_from_the_metrics(tmp_path):
     assert frame.loc["row4", "wall or projection for all epochs, s"].startswith("270 (projected")
     assert frame.loc["row4", "device"] == "cuda (Test GPU)"  # taken from the finished run
     assert frame.loc["row4", "data"] == "synthetic"
-    assert "(auto)" in frame.loc["row4", "mode"]
+    assert "compile: auto" in frame.loc["row4", "mode"] and "CUDA graphs: auto" in frame.loc["row4", "mode"]
 
 
 def test_no_results_gives_empty_tables(tmp_path):

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from lsq.config import make_config
 from lsq.step import NO_BAD_STEP, WARMUP_STEPS, Context, TrainStep
 from lsq.train import (TrainingError, build_optimizer, build_run_model, build_scheduler,
-                       resolve_fast_path, step_size_params)
+                       calibrate, resolve_fast_path, step_size_params)
 
 
 class _Batches:
@@ -40,7 +40,6 @@ def _setup(row=4, device="cpu", cuda_graphs=False, fused_update=None, seed=0):
     batches = [(torch.randn(8, 3, 32, 32, generator=generator).to(device),
                 torch.randint(0, 10, (8,), generator=generator).to(device)) for _ in range(6)]
     batches.append((batches[0][0][:5], batches[0][1][:5]))  # an epoch's smaller last batch
-    from lsq.train import calibrate
     calibrate(model, _Batches(batches), ctx)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, len(batches))
