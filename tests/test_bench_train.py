@@ -2,7 +2,10 @@
 
 import re
 
+import pytest
+
 from lsq.bench.train import main
+from lsq.train import TrainingError
 
 
 def test_bench_train_prints_rows_and_table_estimate(capsys, monkeypatch):
@@ -16,3 +19,9 @@ def test_bench_train_prints_rows_and_table_estimate(capsys, monkeypatch):
     assert rows[0][3] == "1.00" and float(rows[1][3]) > 0  # ratio to float
     assert [r[4] for r in rows] == ["90", "90"]  # paper epochs of CIFAR-10 rows
     assert "estimated wall time of the whole cifar10 table" in out
+
+
+def test_bench_train_refuses_cuda_graphs_on_the_cpu():
+    """The bench resolves compile/graphs exactly as training does, refusals included."""
+    with pytest.raises(TrainingError, match="--cuda-graphs needs a CUDA device"):
+        main(["--device", "cpu", "--rows", "0", "--steps", "1", "--cuda-graphs"])

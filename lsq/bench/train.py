@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,7 +22,8 @@ from lsq.config import make_config
 from lsq.experiments import get_table
 from lsq.rundir import device_description, write_json
 from lsq.step import WARMUP_STEPS, Context, TrainStep
-from lsq.train import build_optimizer, build_run_model, calibrate, resolve_device, step_size_params
+from lsq.train import (build_optimizer, build_run_model, calibrate, resolve_device, resolve_fast_path,
+                       step_size_params)
 from lsq.bench import sync
 
 TRAIN_IMAGES = {"cifar10": 50_000, "imagenet": 1_281_167, "fashion-mnist": 60_000, "synthetic": 50_000}
@@ -102,12 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
-    on_cuda = device.type == "cuda"
-    args.compile = on_cuda if args.compile is None else args.compile
-    args.cuda_graphs = on_cuda if args.cuda_graphs is None else args.cuda_graphs
-    if args.cuda_graphs and not on_cuda:
-        parser.error("--cuda-graphs needs a CUDA device (--device cuda)")
-    if on_cuda:
+    # The same defaults and refusals as training (compile and graphs on for one CUDA device).
+    args.compile, args.cuda_graphs = resolve_fast_path(
+        replace(make_config(args.dataset, 0, "paper"), compile_model=args.compile,
+                cuda_graphs=args.cuda_graphs), device, world_size=1)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     rows = [int(r) for r in args.rows.split(",")]
     table = get_table(args.dataset)
