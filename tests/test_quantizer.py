@@ -374,6 +374,24 @@ def test_step_size_stays_positive_in_forward(kernels):
     assert torch.equal(out, torch.tensor([MIN_STEP_SIZE, -MIN_STEP_SIZE, 0.0]))
 
 
+def test_step_gradient_at_and_below_the_floor(kernels):
+    """The floor acts as ``clamp_min(s, MIN_STEP_SIZE)``: a step size below it quantizes with the
+    floor and gets no gradient; one exactly at it gets the paper's gradient (so projected SGD,
+    which parks step sizes at the floor, can move them up again)."""
+    step = torch.tensor([-0.5, MIN_STEP_SIZE, 0.3], dtype=torch.float64)
+    q = make_quantizer(TERNARY, step, per_channel=True)
+    v = torch.tensor([[2e-8, -3e-9], [4e-9, -2e-8], [0.2, -0.7]], dtype=torch.float64)
+    grad_out = torch.tensor([[1.0, -2.0], [0.5, 3.0], [-1.5, 2.5]], dtype=torch.float64)
+    out = q(v)
+    out.backward(grad_out)
+    g = reference_grad_scale(v.shape, 1, kind="weight", per_channel=True)
+    floored = step.clamp_min(MIN_STEP_SIZE)
+    ref_out, _, ref_grad_s = reference_lsq(v, floored, *TERNARY, grad_out, g)
+    np.testing.assert_allclose(out.detach().numpy(), ref_out, rtol=0, atol=1e-20)
+    assert q.step_size.grad[0] == 0 and ref_grad_s[1] != 0
+    np.testing.assert_allclose(q.step_size.grad[1:].numpy(), ref_grad_s[1:], rtol=1e-10)
+
+
 @pytest.mark.parametrize("kwargs", [dict(), dict(kind="activation")], ids=str)
 def test_eval_before_init_raises(kwargs):
     q = LsqQuantizer(0, 3, **kwargs).eval()
@@ -500,11 +518,14 @@ def test_per_row_step_gradient_sums_to_the_whole(kernels):
     grad = torch.randn(16, 300, generator=generator, dtype=torch.float64)
     s = torch.tensor(0.4, dtype=torch.float64)
     kernel = lsq_quantizer.fake_quantize_backward_kernel
-    grad_x_rows, per_row = kernel(grad, x, s, -1, 1, True)
-    grad_x_whole, whole = kernel(grad, x, s, -1, 1, False)
-    assert per_row.shape == (16,) and whole.shape == ()
+    grad_x_rows, per_row = kernel(grad, x, s.expand(16, 1), -1, 1, 0.5, "rows")
+    grad_x_split, split = kernel(grad, x, s, -1, 1, 0.5, "rows-then-all")
+    grad_x_whole, whole = kernel(grad, x, s, -1, 1, 0.5, "all")
+    assert per_row.shape == (16,) and split.shape == () and whole.shape == ()
     torch.testing.assert_close(per_row.sum(), whole)
+    torch.testing.assert_close(split, whole)
     torch.testing.assert_close(grad_x_rows, grad_x_whole)
+    torch.testing.assert_close(grad_x_split, grad_x_whole)
 
 
 def _row4_model(channels_last: bool):
