@@ -39,7 +39,7 @@ python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', 
 
 FAST=""   # extra flags for the table if the fast path proves broken
 say "phase 1: CUDA tests"
-limited 120 "$WORK/tests.log" python3 -m pytest -q -p no:cacheprovider tests/test_step.py \
+limited 120 "$WORK/tests.log" python3 -m pytest -q -p no:cacheprovider tests/test_step.py tests/test_quantizer.py \
   tests/test_data.py -k "cuda" || { FAST="--no-cuda-graphs"; say "CUDA tests failed: table runs without CUDA graphs"; }
 
 say "phase 2: bench train rows 0 and 4, bf16, channels_last: CUDA graphs with compiled LSQ kernels, with eager LSQ kernels, then torch.compile + graphs (the default)"
