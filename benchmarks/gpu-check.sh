@@ -11,17 +11,21 @@
 #      each, 50k images, batch 128): row 0, then rows 1-4 as 4 concurrent processes (what
 #      `make -j5 synthetic PROFILE=paper DEVICE=cuda` does), with a cold compiler cache;
 #   4. bench train eager (neither compile nor graphs: what the fast path buys);
-#   5. bench quantizer on the GPU; 6. a torch.profiler table of the row-4 step, if time is left.
+#   5. bench quantizer on the GPU, if time is left.
+# Between 2 and 3 (2b): a torch.profiler table of the float and row-4 steps, the diagnosis.
 # A phase that fails does not stop the next; the table falls back to the eager path if phase 1
 # or 2 shows the fast path broken.
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-check}
 BUDGET=${BUDGET:-560}          # seconds for the whole script
+# all, or two device calls of under 600 s each on the same warm machine: diagnose (phases 1, 2,
+# 2b: about 6 min) then table (3, 4, 5), which reuses the first call's mode choice in /tmp.
+PHASES=${PHASES:-all}
 TABLE_SECONDS=${TABLE_SECONDS:-300}
 DEVICE=${DEVICE:-cuda} PROFILE=${PROFILE:-paper} STEPS=${STEPS:-50}  # DEVICE=cpu PROFILE=smoke: a dry run
 # WORK's parent is a results folder of one check, the layout lsq.report.speed reads.
-WORK=/tmp/gpu-check-results/check; rm -rf "$WORK"; mkdir -p "$OUT" "$WORK"
+WORK=/tmp/gpu-check-results/check; [ "$PHASES" = table ] || rm -rf "$WORK"; mkdir -p "$OUT" "$WORK"
 LOG=$OUT/gpu-check.log
 # Everything else goes into one archive, packed after every phase (the tool returns <= 8 files).
 pack() { tar czf "$OUT/gpu-check.tgz" --exclude=checkpoint.pt -C "$WORK" . 2>/dev/null; }
@@ -31,16 +35,21 @@ say() { echo "== $* (t=$(elapsed) s)" | tee -a "$LOG"; }
 # limited SECONDS LOGFILE CMD...: run with a time limit, keep the whole output in LOGFILE.
 limited() { local limit=$1 file=$2; shift 2; timeout "$limit" "$@" >"$file" 2>&1; local rc=$?
             tail -n 25 "$file" | tee -a "$LOG"; return $rc; }
+want() { [ "$PHASES" = all ] || [ "$PHASES" = "$1" ]; }
+case $PHASES in all|diagnose|table) ;; *) echo "PHASES must be all, diagnose or table" >&2; exit 2;; esac
 
 say "card and software"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee -a "$LOG"
 nproc | sed 's/^/cpu cores: /' | tee -a "$LOG"
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" 2>&1 | tee -a "$LOG"
 
-FAST=""   # extra flags for the table if the fast path proves broken
+# Extra flags for the table if the fast path proves broken (kept in WORK for a table-only call).
+FAST=$(cat "$WORK/fast-flags" 2>/dev/null)
+if want diagnose; then
 say "phase 1: CUDA tests"
 limited 120 "$WORK/tests.log" python3 -m pytest -q -p no:cacheprovider tests/test_step.py tests/test_quantizer.py \
   tests/test_data.py -k "cuda" || { FAST="--no-cuda-graphs"; say "CUDA tests failed: table runs without CUDA graphs"; }
+echo "$FAST" >"$WORK/fast-flags"
 
 say "phase 2: bench train rows 0 and 4, bf16, channels_last: CUDA graphs with compiled LSQ kernels, with eager LSQ kernels, then torch.compile + graphs (the default)"
 limited 80 "$WORK/bench-graphs-only.log" python3 -m lsq bench train --device $DEVICE --rows 0,4 --steps $STEPS \
@@ -49,9 +58,17 @@ LSQ_COMPILE=0 limited 60 "$WORK/bench-graphs-eager-kernels.log" python3 -m lsq b
   --rows 0,4 --steps $STEPS --amp --channels-last --no-compile --json "$WORK/bench-graphs-eager-kernels.json" $FAST
 limited 180 "$WORK/bench-default.log" python3 -m lsq bench train --device $DEVICE --rows 0,4 --steps $STEPS \
   --amp --channels-last --json "$WORK/bench-default.json" $FAST
+pack
+if [ "$DEVICE" = cuda ]; then
+  say "phase 2b: profile of the float and row-4 steps (kernels per step, device time vs wall)"
+  limited 75 "$WORK/profile-steps.log" python3 benchmarks/profile_step.py --rows 0,4 --amp --channels-last --top 15
+  pack
+fi
+fi
+
+want table || { say "done (diagnose)"; exit 0; }
 # The float row and the quantized rows each take their fastest measured mode, setup included.
 eval "$(python3 benchmarks/pick_modes.py "$WORK" "$FAST" 2>>"$LOG")"
-pack
 say "phase 3: synthetic CIFAR-shaped table, paper profile, cold compiler cache, --amp --channels-last; row 0: $ROW0_MODE ($ROW0_ARGS $ROW0_ENV), rows 1-4: $QROW_MODE ($QROW_ARGS $QROW_ENV)"
 RUNS=$WORK/table; mkdir -p "$RUNS/logs"
 export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-table; rm -rf "$TORCHINDUCTOR_CACHE_DIR"
@@ -79,12 +96,6 @@ remaining=$(( BUDGET - $(elapsed) - 10 ))
 if (( remaining > 30 )); then
   say "phase 5: bench quantizer (limit ${remaining} s)"
   limited "$remaining" "$WORK/bench-quantizer.log" python3 -m lsq bench quantizer --device $DEVICE
-fi
-pack
-remaining=$(( BUDGET - $(elapsed) - 10 ))
-if (( remaining > 40 )) && [ "$DEVICE" = cuda ]; then
-  say "phase 6: profile of the row-4 step (limit ${remaining} s)"
-  limited "$remaining" "$WORK/profile-row4.log" python3 benchmarks/profile_step.py --row 4 --amp --channels-last
 fi
 pack
 say "done"

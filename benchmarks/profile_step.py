@@ -1,8 +1,11 @@
-"""Where a training step's GPU time goes: torch.profiler over eager steps of one row.
+"""Where a training step's GPU time goes: torch.profiler over eager steps of each row.
 
-    python benchmarks/profile_step.py --row 4 --amp --channels-last [--steps 5]
+    python benchmarks/profile_step.py --rows 0,4 --amp --channels-last [--steps 5]
 
-Prints the kernels sorted by total device time (CUDA graphs off, so each kernel is attributed).
+Per row: kernels launched per step, the device time they add up to (with CUDA graphs a step
+cannot take less), the wall time of an eager step, and the kernels sorted by total device time
+(CUDA graphs off, so each kernel is attributed). A row whose device time per step is far below
+the graph-replay step time of ``bench train`` leaves the GPU idle: latency, not work.
 """
 
 import argparse
@@ -16,17 +19,9 @@ from lsq.step import Context, TrainStep
 from lsq.train import build_optimizer, build_run_model, calibrate, step_size_params
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--row", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--amp", action="store_true")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--top", type=int, default=25)
-    args = parser.parse_args()
+def profile_row(row: int, args) -> None:
     device = torch.device("cuda")
-    torch.backends.cudnn.benchmark = True
-    config = make_config("cifar10", args.row, "paper")
+    config = make_config("cifar10", row, "paper")
     model = build_run_model(config).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -42,11 +37,31 @@ def main() -> None:
         step(images, labels)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         for _ in range(args.steps):
             step(images, labels)
+        end.record()
         torch.cuda.synchronize()
-    print(f"row {args.row}, amp={args.amp}, channels_last={args.channels_last}, {args.steps} steps")
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy_ms = sum(e.device_time for e in kernels) / 1000 / args.steps
+    print(f"row {row}, amp={args.amp}, channels_last={args.channels_last}, {args.steps} eager steps: "
+          f"{len(kernels) / args.steps:.0f} kernels and {busy_ms:.2f} ms of device time per step, "
+          f"{start.elapsed_time(end) / args.steps:.2f} ms wall per step")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.top, max_name_column_width=70))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", default="0,4")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    torch.backends.cudnn.benchmark = True
+    for row in (int(r) for r in args.rows.split(",")):
+        profile_row(row, args)
 
 
 if __name__ == "__main__":

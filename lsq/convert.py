@@ -12,6 +12,12 @@ Placement (the seed table's ``quan_lr`` column is ``quantize_first_last``):
 
 The first and last layer are chosen by module name (``model.first_last_layers``, set by the model
 registry, or the ``first_last_names`` argument), never by shape.
+
+With unsigned activation levels (``q_min = 0``) a ReLU whose output only one quantized conv reads
+(``model.relus_feeding_one_conv()``: ResNet-20's inner block ReLUs) is replaced by
+``nn.Identity`` and that conv's input quantizer absorbs it (``absorbs_relu``): the clip at 0 is
+the ReLU, so the values and gradients are the same and one pass over the tensor is saved, forward
+and backward. ``absorb_relus=False`` keeps the ReLU modules.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ def quantize_model(
     quantize_first_last: bool = False,
     per_channel: bool = False,
     first_last_names: tuple[str, str] | None = None,
+    absorb_relus: bool = True,
     **quantizer_options,
 ) -> nn.Module:
     """Replace every Conv2d/Linear of ``model`` in place with its quantized twin; returns it.
@@ -84,6 +91,13 @@ def quantize_model(
             weight_quantizer=weight_quantizer(module),
             input_quantizer=input_quantizer() if quantize_input else None,
         )
+    if absorb_relus and act_levels is not None and act_levels[0] == 0:
+        feeds = getattr(model, "relus_feeding_one_conv", dict)()
+        for relu_name, conv_name in feeds.items():
+            conv = replacements.get(conv_name)
+            if conv is not None and conv.input_quantizer is not None:
+                conv.input_quantizer.absorbs_relu = True
+                replacements[relu_name] = nn.Identity()
     for name, replacement in replacements.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

@@ -75,7 +75,7 @@ StepReduction = Literal["rows", "all", "rows-then-all"]
 
 def _fake_quantize_backward(
     grad: torch.Tensor, x: torch.Tensor, s: torch.Tensor, q_min: int, q_max: int,
-    grad_scale: float, reduction: StepReduction,
+    grad_scale: float, reduction: StepReduction, absorbs_relu: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad_x, grad_s)`` for 2-D ``x`` and the raw step size ``s`` (0-d, or ``(rows, 1)``).
 
@@ -87,10 +87,14 @@ def _fake_quantize_backward(
 
     On a GPU the whole sum straight to one scalar is a single thread block under dynamic-shape
     compilation (measured on an H200: LSQ row 4 at 4x the float step), so the caller asks for
-    ``"rows-then-all"`` there; on the CPU the whole sum is the faster one."""
+    ``"rows-then-all"`` there; on the CPU the whole sum is the faster one.
+
+    ``absorbs_relu`` (``q_min = 0``): no input gradient at exactly ``x = 0`` either, as ReLU's
+    own gradient there is 0. Exact zeros are common: a channel that is all zero before its BN
+    (ternary weights on 2-bit inputs) is exactly BN's bias, 0 at initialisation."""
     s_floor = s.clamp_min(MIN_STEP_SIZE)
     r = _upcast(x) / s_floor
-    inside = (r >= q_min) & (r <= q_max)
+    inside = ((r > q_min) if absorbs_relu else (r >= q_min)) & (r <= q_max)
     q = torch.clamp(r, q_min, q_max).round()
     grad_x = torch.where(inside, grad, torch.zeros_like(grad))
     # Outside the range r is clipped to q, so "q - r" would be 0 there; the paper's gradient is
@@ -191,7 +195,7 @@ class LsqFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, s, q_min: int, q_max: int, grad_scale: float):
+    def forward(ctx, x, s, q_min: int, q_max: int, grad_scale: float, absorbs_relu: bool = False):
         per_channel = s.dim() > 0
         # detach(): the kernels must see plain tensors (a Parameter would be another compiled
         # variant) and views never leave this function.
@@ -201,6 +205,7 @@ class LsqFunction(torch.autograd.Function):
         ctx.levels = (q_min, q_max)
         ctx.grad_scale = grad_scale
         ctx.reduction = "rows" if per_channel else "rows-then-all" if flat.is_cuda else "all"
+        ctx.absorbs_relu = absorbs_relu
         ctx.shape = x.shape
         ctx.channels_last = _is_channels_last(x)
         return _unflat(fake_quantize_kernel(flat, s_b, q_min, q_max), x.shape, ctx.channels_last)
@@ -211,16 +216,17 @@ class LsqFunction(torch.autograd.Function):
         memory_format = torch.channels_last if ctx.channels_last else torch.contiguous_format
         grad = grad.to(flat.dtype).contiguous(memory_format=memory_format)
         grad_x, grad_s = fake_quantize_backward_kernel(
-            _flat(grad), flat, s_b, *ctx.levels, ctx.grad_scale, ctx.reduction)
-        return _unflat(grad_x, ctx.shape, ctx.channels_last), grad_s, None, None, None
+            _flat(grad), flat, s_b, *ctx.levels, ctx.grad_scale, ctx.reduction, ctx.absorbs_relu)
+        return _unflat(grad_x, ctx.shape, ctx.channels_last), grad_s, None, None, None, None
 
 
 def lsq_fake_quantize(
-    x: torch.Tensor, s: torch.Tensor, q_min: int, q_max: int, grad_scale: float
+    x: torch.Tensor, s: torch.Tensor, q_min: int, q_max: int, grad_scale: float,
+    absorbs_relu: bool = False,
 ) -> torch.Tensor:
     """Functional LSQ: ``s`` is 0-d (per tensor) or 1-d with one entry per row of ``x``; values
     below ``MIN_STEP_SIZE`` act as the floor (and get no gradient, like ``clamp_min``)."""
-    return LsqFunction.apply(x, s, q_min, q_max, grad_scale)
+    return LsqFunction.apply(x, s, q_min, q_max, grad_scale, absorbs_relu)
 
 
 class LsqQuantizer(nn.Module):
@@ -237,6 +243,12 @@ class LsqQuantizer(nn.Module):
         init_method: ``"lsq"`` (the paper's ``2 mean|v| / sqrt(Q_P)``) or ``"maxabs"``
             (``max|v| / Q_P``: the whole range representable, no clipping at init).
         use_grad_scale: multiply the step-size gradient by ``g`` (the paper); off for ablations.
+        absorbs_relu: the input is the pre-activation of a ReLU that was removed
+            (``lsq.convert``); unsigned activation levels only. With ``q_min = 0`` the clip
+            already maps every negative value to 0, so ``q(x) = q(relu(x))`` in value, step-size
+            gradient and input gradient (the input gradient is 0 at ``x = 0`` too, as ReLU's);
+            the initialisation reads ``relu(x)``. It saves the ReLU's pass over the tensor,
+            forward and backward.
     """
 
     def __init__(
@@ -250,6 +262,7 @@ class LsqQuantizer(nn.Module):
         init_scale: float = 1.0,
         init_method: InitMethod = "lsq",
         use_grad_scale: bool = True,
+        absorbs_relu: bool = False,
     ):
         super().__init__()
         if init_method not in ("lsq", "maxabs"):
@@ -266,8 +279,12 @@ class LsqQuantizer(nn.Module):
             raise ValueError("per-channel step sizes are for weights; activations use one per tensor")
         if per_channel and (num_channels is None or num_channels < 1):
             raise ValueError("per_channel=True needs num_channels (the weight's output channels)")
+        if absorbs_relu and (kind != "activation" or self.q_min != 0):
+            raise ValueError("absorbs_relu needs an activation quantizer with unsigned levels "
+                             f"(q_min = 0), got kind={kind!r}, q_min={self.q_min}")
         self.kind = kind
         self.per_channel = per_channel
+        self.absorbs_relu = absorbs_relu
         shape = (num_channels,) if per_channel else ()
         self.step_size = nn.Parameter(torch.ones(shape))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
@@ -283,6 +300,7 @@ class LsqQuantizer(nn.Module):
         extra = "" if self.init_method == "lsq" and self.init_scale == 1.0 else (
             f", init={self.init_method}x{self.init_scale:g}")
         extra += "" if self.use_grad_scale else ", grad_scale=off"
+        extra += ", absorbs the preceding ReLU" if self.absorbs_relu else ""
         return f"levels=[{self.q_min}..{self.q_max}], kind={self.kind}{channels}{extra}"
 
     def grad_scale(self, x: torch.Tensor) -> float:
@@ -298,7 +316,8 @@ class LsqQuantizer(nn.Module):
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
         """``s = 2 * mean(|v|) / sqrt(Q_P)`` (per channel: per output channel), times init_scale."""
-        v = x.detach().float().abs()
+        v = x.detach().float()
+        v = v.clamp_min(0) if self.absorbs_relu else v.abs()
         v = v.flatten(1) if self.per_channel else v.reshape(1, -1)
         if self.init_method == "lsq":
             init = 2.0 * v.mean(1) / math.sqrt(self.q_p)
@@ -322,7 +341,8 @@ class LsqQuantizer(nn.Module):
                 )
             self.initialize(x)
         # The kernels keep s at or above MIN_STEP_SIZE here, and not only at init.
-        return lsq_fake_quantize(x, self.step_size, self.q_min, self.q_max, self.grad_scale(x))
+        return lsq_fake_quantize(x, self.step_size, self.q_min, self.q_max, self.grad_scale(x),
+                                 self.absorbs_relu)
 
     @torch.no_grad()
     def integer_codes(self, x: torch.Tensor) -> torch.Tensor:

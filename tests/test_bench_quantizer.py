@@ -11,7 +11,8 @@ from lsq.bench import quantizer as bench
 from lsq.convert import quantize_model
 from lsq.models import build_model
 
-SETTINGS = ("float", "row1", "row4", "row4-torch.ao", "row4-detach-trick", "row4-eager")
+SETTINGS = ("float", "row1", "row4", "row4-relus-kept", "row4-torch.ao", "row4-detach-trick",
+            "row4-eager")
 
 
 def test_bench_prints_every_setting(capsys):
@@ -33,12 +34,15 @@ def test_alternative_quantizers_match_the_default_forward():
     """The swapped row-4 models quantize the same layers with the same step sizes."""
     torch.manual_seed(0)
     x = torch.randn(4, 3, 32, 32)
-    row4 = quantize_model(build_model("resnet20"), **bench.ROW4)
+    float_model = build_model("resnet20")
+    row4 = quantize_model(copy.deepcopy(float_model), **bench.ROW4)
+    row4_relus = quantize_model(float_model, **bench.ROW4, absorb_relus=False)
     row4(x)  # initialise
+    row4_relus(x)
     row4.eval()
     expected = row4(x)
     for make in (bench.DetachTrickQuantizer, bench.torch_ao_quantizer):
-        other = bench.swap_quantizers(copy.deepcopy(row4), make).eval()
+        other = bench.swap_quantizers(copy.deepcopy(row4_relus), make).eval()
         assert not any(isinstance(m, bench.LsqQuantizer) for m in other.modules())
         torch.testing.assert_close(other(x), expected, rtol=1e-4, atol=1e-4)
 

@@ -274,3 +274,42 @@ def test_resnet18_missing_weights_file(tmp_path):
 def test_resnet18_weights_and_path_exclusive(tmp_path):
     with pytest.raises(ValueError, match="either"):
         build_model("resnet18", weights="IMAGENET1K_V1", weights_path=tmp_path / "x.pth")
+
+
+# --- ReLUs absorbed by unsigned input quantizers ----------------------------------------------
+
+
+def test_inner_relus_absorbed_only_with_unsigned_activations(resnet20):
+    row4 = quantize_model(copy.deepcopy(resnet20), **SETTINGS["row4"])
+    inner = resnet20.relus_feeding_one_conv()
+    assert len(inner) == 9  # one per basic block
+    for relu_name, conv_name in inner.items():
+        assert isinstance(row4.get_submodule(relu_name), nn.Identity), relu_name
+        assert row4.get_submodule(conv_name).input_quantizer.absorbs_relu, conv_name
+    absorbing = [name for name, q in quantizers(row4) if q.absorbs_relu]
+    assert sorted(absorbing) == sorted(f"{conv}.input_quantizer" for conv in inner.values())
+    for kwargs in (SETTINGS["row1"], dict(weight_levels=TERNARY, act_levels=(-2, 1)),
+                   dict(SETTINGS["row4"], absorb_relus=False)):
+        kept = quantize_model(copy.deepcopy(resnet20), **kwargs)
+        assert all(isinstance(kept.get_submodule(name), nn.ReLU) for name in inner), kwargs
+        assert not any(q.absorbs_relu for _, q in quantizers(kept)), kwargs
+
+
+def test_absorbed_relus_give_the_same_values_and_gradients(resnet20):
+    """Absorbing the inner ReLUs changes nothing but speed: the same step-size initialisation,
+    outputs and gradients (float64, where no value lands exactly on 0 before a ReLU)."""
+    torch.manual_seed(2)
+    base = copy.deepcopy(resnet20).double()
+    absorbed = quantize_model(copy.deepcopy(base), **SETTINGS["row4"])
+    kept = quantize_model(base, **SETTINGS["row4"], absorb_relus=False)
+    x = torch.randn(6, 3, 32, 32, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    for model in (absorbed, kept):
+        model.train()
+        F.cross_entropy(model(x), y).backward()
+    for (name, a), (_, b) in zip(quantizers(absorbed), quantizers(kept)):
+        torch.testing.assert_close(a.step_size, b.step_size, rtol=1e-12, atol=0, msg=name)
+    for (name, a), (_, b) in zip(absorbed.named_parameters(), kept.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12, msg=name)
+    absorbed.eval(), kept.eval()
+    torch.testing.assert_close(absorbed(x), kept(x), rtol=1e-12, atol=1e-12)

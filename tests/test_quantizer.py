@@ -598,3 +598,30 @@ def test_compiled_model_gradients_match_eager():
     out_eager.square().sum().backward()
     for (name, a), b in zip(layer.named_parameters(), twin.parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_absorbed_relu_equals_quantizing_the_relu_output(kernels):
+    """``q(x)`` with ``absorbs_relu`` is ``q(relu(x))``: initialisation, values and gradients."""
+    generator = torch.Generator().manual_seed(5)
+    v = torch.randn(4, 3, 5, 5, generator=generator, dtype=torch.float64)
+    v[1, 2] = 0.0  # exact zeros (a dead channel after BN): ReLU passes no gradient there
+    grad_out = torch.randn(4, 3, 5, 5, generator=generator, dtype=torch.float64)
+    results = []
+    for absorbs in (True, False):
+        q = LsqQuantizer(*UNSIGNED_2BIT, kind="activation", absorbs_relu=absorbs).double()
+        x = v.clone().requires_grad_()
+        out = q(x if absorbs else torch.relu(x))
+        out.backward(grad_out)
+        results.append((out.detach(), x.grad, q.step_size.detach(), q.step_size.grad))
+    for absorbed, kept in zip(*results):
+        torch.testing.assert_close(absorbed, kept, rtol=1e-12, atol=0)
+    assert "absorbs the preceding ReLU" in repr(
+        LsqQuantizer(0, 3, kind="activation", absorbs_relu=True))
+
+
+@pytest.mark.parametrize("kwargs", [dict(kind="weight"), dict(kind="activation", levels=(-2, 1))],
+                         ids=str)
+def test_absorbs_relu_needs_unsigned_activations(kwargs):
+    levels = kwargs.pop("levels", UNSIGNED_2BIT)
+    with pytest.raises(ValueError, match="absorbs_relu needs an activation quantizer"):
+        LsqQuantizer(*levels, absorbs_relu=True, **kwargs)

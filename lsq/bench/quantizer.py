@@ -7,13 +7,15 @@ batch. Settings, all timed in one process on the same weights:
 * ``float``: the float ResNet-20;
 * ``row1``: ternary weights ``[-1,0,1]``, first conv and last linear float (table row 1);
 * ``row4``: ternary weights, 2-bit activations ``[0,1,2,3]``, first/last quantized (row 4), as
-  ``quantize_model`` builds it: the default code path (compiled kernels unless ``LSQ_COMPILE=0``);
+  ``quantize_model`` builds it: the default code path (compiled kernels unless ``LSQ_COMPILE=0``,
+  the blocks' inner ReLUs absorbed by the unsigned quantizers after them);
+* ``row4-relus-kept``: the same with ``absorb_relus=False`` (what absorbing the ReLUs saves);
 * ``row4-torch.ao``: the same layers quantized by torch.ao's ``_LearnableFakeQuantize`` (the
   fused op ``torch._fake_quantize_learnable_per_tensor_affine``) with grad factor ``g`` set to the
   paper's ``1 / sqrt(N * Q_P)`` (its gradient mask differs slightly from the paper's; a speed
-  anchor, not an oracle);
+  anchor, not an oracle), on the model with its ReLUs;
 * ``row4-detach-trick``: lsq-net's formulation, ``grad_scale(x, g) = (x - x g).detach() + x g``
-  and ``round_pass(x) = (round(x) - x).detach() + x``, in plain eager ops;
+  and ``round_pass(x) = (round(x) - x).detach() + x``, in plain eager ops, with the ReLUs;
 * ``row4-eager``: the default quantizer with ``LSQ_COMPILE=0`` (its eager fallback);
 * with ``--compile-model``: ``float-compiled-model`` and ``row4-compiled-model``, the whole model
   under ``torch.compile``; their ratio is to ``float-compiled-model``.
@@ -159,15 +161,20 @@ def build_settings(device: torch.device, x: torch.Tensor, compile_model: bool) -
     float_model = build_model("resnet20").to(device)
     row1 = quantize_model(copy.deepcopy(float_model), **ROW1)
     row4 = quantize_model(copy.deepcopy(float_model), **ROW4)
+    # torch.ao's gradient mask passes v/s in (-0.5, 0), so its models keep their ReLUs.
+    row4_relus = quantize_model(copy.deepcopy(float_model), **ROW4, absorb_relus=False)
     with torch.no_grad():  # initialise the step sizes once, so every row-4 variant shares them
         row1(x)
         row4(x)
+        row4_relus(x)
     settings = [
         Setting("float", float_model, "float"),
         Setting("row1", row1, "float"),
         Setting("row4", row4, "float"),
-        Setting("row4-torch.ao", swap_quantizers(copy.deepcopy(row4), torch_ao_quantizer), "float"),
-        Setting("row4-detach-trick", swap_quantizers(copy.deepcopy(row4), DetachTrickQuantizer), "float"),
+        Setting("row4-relus-kept", row4_relus, "float"),
+        Setting("row4-torch.ao", swap_quantizers(copy.deepcopy(row4_relus), torch_ao_quantizer), "float"),
+        Setting("row4-detach-trick", swap_quantizers(copy.deepcopy(row4_relus), DetachTrickQuantizer),
+                "float"),
         Setting("row4-eager", copy.deepcopy(row4), "float", env={"LSQ_COMPILE": "0"}),
     ]
     if compile_model:
