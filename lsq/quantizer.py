@@ -82,16 +82,17 @@ def _fake_quantize_backward(
     ``grad_s`` comes out finished: summed (``"rows"``: per row, for per-channel step sizes;
     ``"all"``: whole; ``"rows-then-all"``: per row, then the rows), times ``grad_scale``, and
     zero where ``s`` is below the floor, which is the gradient of ``clamp_min(s, floor)``; the
-    floor itself is applied here too. So the backward is one kernel for ``grad_x`` and the
-    partial sums plus at most one small one for the rest, instead of an eager op for each step.
+    floor itself is applied here too: the compiler fuses these into the pass over the tensor
+    (on the CPU the whole backward is one kernel) instead of an eager op for each.
 
     On a GPU the whole sum straight to one scalar is a single thread block under dynamic-shape
     compilation (measured on an H200: LSQ row 4 at 4x the float step), so the caller asks for
     ``"rows-then-all"`` there; on the CPU the whole sum is the faster one.
 
     ``absorbs_relu`` (``q_min = 0``): no input gradient at exactly ``x = 0`` either, as ReLU's
-    own gradient there is 0. Exact zeros are common: a channel that is all zero before its BN
-    (ternary weights on 2-bit inputs) is exactly BN's bias, 0 at initialisation."""
+    own gradient there is 0. Exact zeros do occur: a quantized conv's outputs take few distinct
+    values (integer codes times two step sizes), and BN with its initial bias 0 maps those equal
+    to the batch mean to exactly 0 (tests/test_convert.py's row-4 ResNet-20 has some)."""
     s_floor = s.clamp_min(MIN_STEP_SIZE)
     r = _upcast(x) / s_floor
     inside = ((r > q_min) if absorbs_relu else (r >= q_min)) & (r <= q_max)
