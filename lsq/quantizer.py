@@ -77,7 +77,8 @@ def _fake_quantize_backward(
     grad: torch.Tensor, x: torch.Tensor, s: torch.Tensor, q_min: int, q_max: int,
     grad_scale: float, reduction: StepReduction, absorbs_relu: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(grad_x, grad_s)`` for 2-D ``x`` and the raw step size ``s`` (0-d, or ``(rows, 1)``).
+    """``(grad_x, grad_s)`` for ``x`` (2-D when called eagerly) and the raw step size ``s``
+    (0-d, or ``(rows, 1, ...)``).
 
     ``grad_s`` comes out finished: summed (``"rows"``: per row, for per-channel step sizes;
     ``"all"``: whole; ``"rows-then-all"``: per row, then the rows), times ``grad_scale``, and
@@ -106,7 +107,7 @@ def _fake_quantize_backward(
     if reduction == "all":
         grad_s = grad_s_terms.sum()
     else:
-        grad_s = grad_s_terms.sum(1)
+        grad_s = grad_s_terms.sum(tuple(range(1, grad_s_terms.dim())))
         if reduction == "rows-then-all":
             grad_s = grad_s.sum()
     grad_s = grad_s.reshape(s.shape[:1]) * grad_scale * (s >= MIN_STEP_SIZE).reshape(s.shape[:1])
@@ -191,27 +192,37 @@ class LsqFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, s, q_min: int, q_max: int, grad_scale: float, absorbs_relu: bool = False):
         per_channel = s.dim() > 0
+        # Eagerly, the kernels see 2-D views: one shape class for the dynamic-shape compiled
+        # kernels whatever the layer. Traced into a compiled model they see x as it is: there
+        # the compiler chooses the layout (channels-last for convolutions on the CPU), and a
+        # row-major view of it would make the fused loops strided and scalar.
+        ctx.flat = not torch.compiler.is_compiling()
         # detach(): the kernels must see plain tensors (a Parameter would be another compiled
         # variant) and views never leave this function.
-        flat = _flat(x.detach())
-        s_b = s.detach().reshape(-1, 1) if per_channel else s.detach()
-        ctx.save_for_backward(flat, s_b)
+        v = _flat(x.detach()) if ctx.flat else x.detach()
+        s_b = s.detach().reshape(-1, *([1] * (v.dim() - 1))) if per_channel else s.detach()
+        ctx.save_for_backward(v, s_b)
         ctx.levels = (q_min, q_max)
         ctx.grad_scale = grad_scale
-        ctx.reduction = "rows" if per_channel else "rows-then-all" if flat.is_cuda else "all"
+        ctx.reduction = "rows" if per_channel else "rows-then-all" if v.is_cuda else "all"
         ctx.absorbs_relu = absorbs_relu
         ctx.shape = x.shape
         ctx.channels_last = _is_channels_last(x)
-        return _unflat(fake_quantize_kernel(flat, s_b, q_min, q_max), x.shape, ctx.channels_last)
+        v_hat = fake_quantize_kernel(v, s_b, q_min, q_max)
+        return _unflat(v_hat, x.shape, ctx.channels_last) if ctx.flat else v_hat
 
     @staticmethod
     def backward(ctx, grad):
-        flat, s_b = ctx.saved_tensors
-        memory_format = torch.channels_last if ctx.channels_last else torch.contiguous_format
-        grad = grad.to(flat.dtype).contiguous(memory_format=memory_format)
+        v, s_b = ctx.saved_tensors
+        grad = grad.to(v.dtype)
+        if ctx.flat:
+            memory_format = torch.channels_last if ctx.channels_last else torch.contiguous_format
+            grad = _flat(grad.contiguous(memory_format=memory_format))
         grad_x, grad_s = fake_quantize_backward_kernel(
-            _flat(grad), flat, s_b, *ctx.levels, ctx.grad_scale, ctx.reduction, ctx.absorbs_relu)
-        return _unflat(grad_x, ctx.shape, ctx.channels_last), grad_s, None, None, None, None
+            grad, v, s_b, *ctx.levels, ctx.grad_scale, ctx.reduction, ctx.absorbs_relu)
+        if ctx.flat:
+            grad_x = _unflat(grad_x, ctx.shape, ctx.channels_last)
+        return grad_x, grad_s, None, None, None, None
 
 
 def lsq_fake_quantize(

@@ -11,7 +11,7 @@ from lsq.train import TrainingError
 def test_bench_train_prints_rows_and_table_estimate(capsys, monkeypatch):
     monkeypatch.setenv("LSQ_COMPILE", "0")
     assert main(["--rows", "0,4", "--steps", "1", "--warmup", "0", "--batch-size", "4",
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--no-compile"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if re.match(r"\s+[04]\s", line)]
     assert [r[0] for r in rows] == ["0", "4"]

@@ -576,19 +576,26 @@ def test_whole_model_compiles_into_one_graph(channels_last):
 
 
 @pytest.mark.skipif(not _have_cxx(), reason="no C++ compiler: torch.compile on the CPU cannot work here")
-def test_compiled_model_gradients_match_eager():
+@pytest.mark.parametrize("per_channel", [False, True], ids=["tensor", "channel"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_compiled_model_gradients_match_eager(per_channel, channels_last):
     """A compiled quantized layer stack (float64, where rounding cannot flip a level) gives the
-    eager output and gradients, step sizes included."""
+    eager output and gradients, step sizes included. Inside the compiled graph the quantizer
+    works on the tensors as they are (no 2-D view), per-channel step sizes and layouts too."""
     torch._dynamo.reset()
     from lsq.layers import QConv2d
 
     torch.manual_seed(1)
     conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False).double()
-    weight_q = make_quantizer(TERNARY, 0.05)
+    step = torch.linspace(0.03, 0.08, 6, dtype=torch.float64) if per_channel else 0.05
+    weight_q = make_quantizer(TERNARY, step, per_channel=per_channel)
     act_q = LsqQuantizer(*UNSIGNED_2BIT, kind="activation").double()
     layer = torch.nn.Sequential(torch.nn.ReLU(), QConv2d.from_float(
         conv, weight_quantizer=weight_q, input_quantizer=act_q)).train()
     x = torch.randn(3, 4, 8, 8, dtype=torch.float64)
+    if channels_last:
+        layer = layer.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     layer(x)  # initialise the activation step size
     twin = __import__("copy").deepcopy(layer)
     out_compiled = torch.compile(layer)(x)

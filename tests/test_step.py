@@ -12,8 +12,8 @@ from torch.nn import functional as F
 
 from lsq.config import make_config
 from lsq.step import NO_BAD_STEP, WARMUP_STEPS, Context, TrainStep
-from lsq.train import (TrainingError, build_optimizer, build_run_model, build_scheduler,
-                       calibrate, resolve_fast_path, step_size_params)
+from lsq.train import (CPU_COMPILE_MIN_STEPS, TrainingError, build_optimizer, build_run_model,
+                       build_scheduler, calibrate, resolve_fast_path, step_size_params)
 
 
 class _Batches:
@@ -136,8 +136,15 @@ def test_fast_path_defaults_and_refusals():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert config.compile_model is None and config.cuda_graphs is None
     assert resolve_fast_path(config, cpu, 1) == (False, False)
-    assert resolve_fast_path(config, cuda, 2)[1] is False  # no graphs under DDP by default
+    assert resolve_fast_path(config, cuda, 1) == (True, True)
+    assert resolve_fast_path(config, cuda, 2) == (True, False)  # no graphs under DDP by default
+    # The CPU compiles runs long enough for the compile time to pay off, unless told otherwise.
+    assert resolve_fast_path(config, cpu, 1, train_steps=CPU_COMPILE_MIN_STEPS - 1) == (False, False)
+    assert resolve_fast_path(config, cpu, 1, train_steps=CPU_COMPILE_MIN_STEPS) == (True, False)
     from dataclasses import replace
+    assert resolve_fast_path(replace(config, compile_model=False), cpu, 1,
+                             train_steps=10 * CPU_COMPILE_MIN_STEPS) == (False, False)
+    assert resolve_fast_path(replace(config, compile_model=True), cpu, 1) == (True, False)
     with pytest.raises(TrainingError, match="--cuda-graphs needs a CUDA device"):
         resolve_fast_path(replace(config, cuda_graphs=True), cpu, 1)
     with pytest.raises(TrainingError, match="torchrun"):

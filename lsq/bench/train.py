@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile the whole model (default: as training, on for CUDA)")
+                        help="torch.compile the whole model (default: as the paper profile's "
+                        "training: on)")
     parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                         help="replay the step as a CUDA graph (default: as training, on for CUDA)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -105,9 +106,12 @@ def main(argv: list[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     # The same defaults and refusals as training (compile and graphs on for one CUDA device).
+    # The paper profile's step count decides auto-compilation on the CPU, as in its training.
+    paper = make_config(args.dataset, 1, "paper")
+    paper_steps = paper.optim.epochs * (TRAIN_IMAGES[args.dataset] // paper.optim.batch_size)
     args.compile, args.cuda_graphs = resolve_fast_path(
-        replace(make_config(args.dataset, 0, "paper"), compile_model=args.compile,
-                cuda_graphs=args.cuda_graphs), device, world_size=1)
+        replace(paper, compile_model=args.compile, cuda_graphs=args.cuda_graphs), device,
+        world_size=1, train_steps=paper_steps)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     rows = [int(r) for r in args.rows.split(",")]
