@@ -465,7 +465,7 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
     summary = None
     if is_main:
         summary = _summary(config, run_dir, data, device, wall_before + time.time() - started,
-                           started_at)
+                           started_at, compiled=compile_model, cuda_graphs=cuda_graphs)
         rundir.write_json(summary_path, summary)
         log(f"{run_dir}: done, final top-1 {summary['final_top1']:.2f}%")
     if world_size > 1:
@@ -575,7 +575,8 @@ def _save_checkpoint(path, model, optimizer, scheduler, epoch, config, wall_seco
     }, path)
 
 
-def _summary(config, run_dir, data, device, wall_seconds, started_at) -> dict:
+def _summary(config, run_dir, data, device, wall_seconds, started_at, *, compiled: bool,
+             cuda_graphs: bool) -> dict:
     records = rundir.read_metrics(run_dir / rundir.METRICS)
     final = records[-1]
     trained = [r for r in records if r["epoch"] > 0] or records
@@ -591,6 +592,8 @@ def _summary(config, run_dir, data, device, wall_seconds, started_at) -> dict:
         "wall_seconds": wall_seconds,
         "train_images": data.num_train, "test_images": data.num_test,
         "device": rundir.device_description(device), "torch_version": torch.__version__,
+        # What "auto" resolved to (for the last segment of a resumed run): part of the wall time.
+        "compiled": compiled, "cuda_graphs": cuda_graphs,
         "git_sha": rundir.git_sha(), "hostname": os.uname().nodename,
         "started_at": started_at, "finished_at": _now(),
         "baseline_run": None if config.quant.is_float else

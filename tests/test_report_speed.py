@@ -35,7 +35,7 @@ def _run(table: Path, row: int, epochs_done: int, finished: bool) -> None:
     if finished:
         (run / "summary.json").write_text(json.dumps({
             "wall_seconds": 250.0, "device": "cuda (Test GPU)", "torch_version": "9.9",
-            "data_kind": "synthetic"}))
+            "data_kind": "synthetic", "compiled": False, "cuda_graphs": True}))
 
 
 def _results(tmp_path: Path) -> Path:
@@ -67,6 +67,8 @@ def test_table_lines_finish_or_project_from_the_metrics(tmp_path):
     assert frame.loc["row4", "device"] == "cuda (Test GPU)"  # taken from the finished run
     assert frame.loc["row4", "data"] == "synthetic"
     assert "compile: auto" in frame.loc["row4", "mode"] and "CUDA graphs: auto" in frame.loc["row4", "mode"]
+    # A finished run's summary says what "auto" resolved to.
+    assert frame.loc["row0", "mode"] == "fp32, no compile, CUDA graphs"
 
 
 def test_no_results_gives_empty_tables(tmp_path):

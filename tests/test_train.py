@@ -67,6 +67,7 @@ def test_run_directory_is_complete(finished_runs):
         assert summary["train_images"] == 128 and summary["test_images"] == 64
         assert summary["final_top1"] == records[-1]["test_top1"]
         assert summary["torch_version"] == torch.__version__
+        assert summary["compiled"] is False and summary["cuda_graphs"] is False  # a short CPU run
         assert summary["wall_seconds"] > 0
 
 

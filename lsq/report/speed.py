@@ -81,8 +81,10 @@ def table_timings(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
             lines.append([
                 check.parent.name, (summary or {}).get("device", device),
                 (summary or {}).get("torch_version", torch_version), _data_kind(run, summary),
-                _mode(config["amp"], config["channels_last"], config.get("compile_model"),
-                      config.get("cuda_graphs")),
+                # A finished run says what its "auto" settings resolved to.
+                _mode(config["amp"], config["channels_last"],
+                      (summary or {}).get("compiled", config.get("compile_model")),
+                      (summary or {}).get("cuda_graphs", config.get("cuda_graphs"))),
                 run.parent.name, f"{len(trained)}/{epochs}",
                 "—" if per_epoch is None else f"{per_epoch:.2f}",
                 "—" if summary is None else f"{summary['wall_seconds']:.0f}", total,
