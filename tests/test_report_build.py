@@ -79,6 +79,10 @@ def test_provenance_and_notes_on_every_page(full):
     assert "row 2 implies 89.54" in cifar
     imagenet = (full.out / "imagenet-quick.md").read_text()
     assert "pretrained weights, evaluated only" in imagenet
+    # Whether torch.compile ran (it changes the wall time) is in each run's provenance line.
+    assert "| wall time | compiled | device |" in fashion
+    assert "| fashion-mnist/quick/row4/seed0 | real | 2 | 6.0 min | yes |" in fashion
+    assert "| fashion-mnist/quick/row1/seed0 | real | 2 | 6.0 min | no |" in fashion
 
 
 def test_in_progress_and_corrupt_runs_are_reported_not_used(full):

@@ -27,7 +27,7 @@ KEYS = ["dataset", "profile", "row", "ablation", "seed"]
 SUMMARY_COLUMNS = [
     *KEYS, "data_kind", "epochs", "final_top1", "final_top5", "best_top1", "best_top5",
     "final_test_loss", "final_weight_sparsity", "wall_seconds", "train_images", "test_images",
-    "device", "torch_version", "git_sha", "hostname", "started_at", "finished_at",
+    "device", "compiled", "torch_version", "git_sha", "hostname", "started_at", "finished_at",
     "baseline_run", "path",
 ]
 EPOCH_COLUMNS = [

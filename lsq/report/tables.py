@@ -281,14 +281,17 @@ def _rows_text(ids: list[str]) -> str:
 def provenance_table(summaries: pd.DataFrame) -> pd.DataFrame:
     """One line per finished run: where and how it ran (display strings)."""
     if summaries.empty:
-        return pd.DataFrame(columns=["run", "data", "epochs", "wall time", "device", "torch",
-                                     "git SHA", "finished"])
+        return pd.DataFrame(columns=["run", "data", "epochs", "wall time", "compiled", "device",
+                                     "torch", "git SHA", "finished"])
     frame = summaries.sort_values(["row", "ablation", "seed"])
     return pd.DataFrame({
         "run": frame["path"],
         "data": frame["data_kind"],
         "epochs": frame["epochs"].map(lambda v: _number(v, 0)),
         "wall time": frame["wall_seconds"].map(format_duration),
+        # torch.compile changes the wall time, never the result; summaries before it was
+        # recorded show a dash.
+        "compiled": frame["compiled"].map(lambda v: DASH if pd.isna(v) else ("yes" if v else "no")),
         "device": frame["device"].fillna(DASH),
         "torch": frame["torch_version"].fillna(DASH),
         "git SHA": frame["git_sha"].fillna(DASH),
