@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -511,7 +512,9 @@ def resolve_fast_path(config: RunConfig, device: torch.device, world_size: int,
     ``CPU_COMPILE_MIN_STEPS`` training steps (``train_steps``); graphs on one CUDA device only
     (DDP's all-reduce is not captured here)."""
     on_cuda = device.type == "cuda"
-    long_run = train_steps is not None and train_steps >= CPU_COMPILE_MIN_STEPS
+    # Inductor's CPU code is C++: without a compiler "auto" stays eager rather than warn per graph.
+    long_run = (train_steps is not None and train_steps >= CPU_COMPILE_MIN_STEPS
+                and any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")))
     compile_model = (on_cuda or long_run) if config.compile_model is None else config.compile_model
     cuda_graphs = (on_cuda and world_size == 1) if config.cuda_graphs is None else config.cuda_graphs
     if cuda_graphs and not on_cuda:
