@@ -145,6 +145,10 @@ def test_fast_path_defaults_and_refusals():
     assert resolve_fast_path(replace(config, compile_model=False), cpu, 1,
                              train_steps=10 * CPU_COMPILE_MIN_STEPS) == (False, False)
     assert resolve_fast_path(replace(config, compile_model=True), cpu, 1) == (True, False)
+    with pytest.raises(TrainingError, match="--cuda-graphs needs a CUDA device"):
+        resolve_fast_path(replace(config, cuda_graphs=True), cpu, 1)
+    with pytest.raises(TrainingError, match="torchrun"):
+        resolve_fast_path(replace(config, cuda_graphs=True), cuda, 2)
 
 
 def test_no_cpu_auto_compile_without_a_cxx_compiler(monkeypatch):
@@ -152,10 +156,6 @@ def test_no_cpu_auto_compile_without_a_cxx_compiler(monkeypatch):
     config = make_config("synthetic", 1, "smoke")
     cpu = torch.device("cpu")
     assert resolve_fast_path(config, cpu, 1, train_steps=10 * CPU_COMPILE_MIN_STEPS) == (False, False)
-    with pytest.raises(TrainingError, match="--cuda-graphs needs a CUDA device"):
-        resolve_fast_path(replace(config, cuda_graphs=True), cpu, 1)
-    with pytest.raises(TrainingError, match="torchrun"):
-        resolve_fast_path(replace(config, cuda_graphs=True), cuda, 2)
 
 
 def test_cli_refuses_cuda_graphs_on_the_cpu(tmp_path):
