@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the whole model (default: as the paper profile's "
-                        "training: on)")
+                        "training, i.e. on wherever the compiler can run)")
     parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                         help="replay the step as a CUDA graph (default: as training, on for CUDA)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
