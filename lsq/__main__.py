@@ -38,7 +38,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the whole model (default: on for CUDA, off on the CPU)")
+                   help="torch.compile the whole model (default: on for CUDA, and on the CPU "
+                        "for runs of at least 2000 training steps)")
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="capture the training step as a CUDA graph (default: on for one CUDA "
                         "device, off under torchrun and on the CPU)")

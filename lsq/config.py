@@ -86,7 +86,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # bf16 autocast
     channels_last: bool = False
-    compile_model: bool | None = None  # torch.compile the whole model; None: on for CUDA
+    compile_model: bool | None = None  # torch.compile the whole model; None: auto (CUDA, long CPU runs)
     cuda_graphs: bool | None = None  # capture the training step; None: on for one CUDA device
     pretrained_weights: str | None = None  # ImageNet row 0: local torchvision weights file
     data: DataConfig = field(default_factory=DataConfig)
