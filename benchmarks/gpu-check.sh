@@ -13,6 +13,7 @@
 #   4. bench train eager (neither compile nor graphs: what the fast path buys);
 #   5. bench quantizer on the GPU, if time is left.
 # Between 2 and 3 (2b): a torch.profiler table of the float and row-4 steps, the diagnosis.
+# nvidia-smi samples GPU utilisation once a second throughout (gpu-util-<PHASES>.csv in the archive).
 # A phase that fails does not stop the next; the table falls back to the eager path if phase 1
 # or 2 shows the fast path broken.
 set -uo pipefail
@@ -22,6 +23,7 @@ BUDGET=${BUDGET:-560}          # seconds for the whole script
 # all, or two device calls of under 600 s each on the same warm machine: diagnose (phases 1, 2,
 # 2b: about 6 min) then table (3, 4, 5), which reuses the first call's mode choice in /tmp.
 PHASES=${PHASES:-all}
+case $PHASES in all|diagnose|table) ;; *) echo "PHASES must be all, diagnose or table" >&2; exit 2;; esac
 TABLE_SECONDS=${TABLE_SECONDS:-300}
 DEVICE=${DEVICE:-cuda} PROFILE=${PROFILE:-paper} STEPS=${STEPS:-50}  # DEVICE=cpu PROFILE=smoke: a dry run
 # WORK's parent is a results folder of one check, the layout lsq.report.speed reads.
@@ -36,9 +38,14 @@ say() { echo "== $* (t=$(elapsed) s)" | tee -a "$LOG"; }
 limited() { local limit=$1 file=$2; shift 2; timeout "$limit" "$@" >"$file" 2>&1; local rc=$?
             tail -n 25 "$file" | tee -a "$LOG"; return $rc; }
 want() { [ "$PHASES" = all ] || [ "$PHASES" = "$1" ]; }
-case $PHASES in all|diagnose|table) ;; *) echo "PHASES must be all, diagnose or table" >&2; exit 2;; esac
 
-say "card and software"
+say "card and software (start $(date -u +%FT%TZ))"
+# GPU utilisation once a second for the whole call: is a step busy or waiting (the table's rows)?
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,utilization.memory,memory.used --format=csv \
+    -l 1 >"$WORK/gpu-util-$PHASES.csv" 2>/dev/null &
+  SAMPLER=$!; trap 'kill $SAMPLER 2>/dev/null' EXIT
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee -a "$LOG"
 nproc | sed 's/^/cpu cores: /' | tee -a "$LOG"
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" 2>&1 | tee -a "$LOG"
