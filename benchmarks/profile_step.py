@@ -13,26 +13,13 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from lsq.bench.train import _RepeatLoader
-from lsq.config import make_config
-from lsq.step import Context, TrainStep
-from lsq.train import build_optimizer, build_run_model, calibrate, step_size_params
+from lsq.bench.train import build_row_step
 
 
 def profile_row(row: int, args) -> None:
-    device = torch.device("cuda")
-    config = make_config("cifar10", row, "paper")
-    model = build_run_model(config).to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    images = torch.randn(128, 3, 32, 32, device=device)
-    labels = torch.randint(0, 10, (128,), device=device)
-    ctx = Context(device, amp=args.amp, channels_last=args.channels_last, progress=False)
-    calibrate(model, _RepeatLoader(images, labels), ctx)
-    ctx.step_sizes = step_size_params(model)
-    step = TrainStep(model, build_optimizer(model, config), ctx)
-    images = ctx.prepare(images)
-    model.train()
+    step, images, labels = build_row_step(
+        "cifar10", row, device=torch.device("cuda"), batch_size=128, amp=args.amp,
+        channels_last=args.channels_last, compile_model=False, cuda_graphs=False)
     for _ in range(5):
         step(images, labels)
     torch.cuda.synchronize()

@@ -46,12 +46,10 @@ class _RepeatLoader:
 
 
 
-def time_row(dataset: str, row: int, *, device, batch_size: int, steps: int, warmup: int,
-             amp: bool, channels_last: bool, compile_model: bool, cuda_graphs: bool) -> tuple[float, float]:
-    """(median seconds per training step, seconds of setup: build, calibrate, compile, capture
-    and warm-up) of one row, through the loop's own :class:`TrainStep` (so CUDA graphs and the
-    fused update are what training uses)."""
-    setup_start = time.perf_counter()
+def build_row_step(dataset: str, row: int, *, device, batch_size: int, amp: bool,
+                   channels_last: bool, compile_model: bool, cuda_graphs: bool):
+    """``(step, images, labels)``: one row's model, built and calibrated as training does it,
+    behind the loop's own :class:`TrainStep`, with one fixed random batch in training mode."""
     table = get_table(dataset)
     config = make_config(dataset, row, "paper")
     model = build_run_model(config).to(device)
@@ -66,10 +64,19 @@ def time_row(dataset: str, row: int, *, device, batch_size: int, steps: int, war
     ctx.step_sizes = step_size_params(model)
     optimizer = build_optimizer(model, config)
     step_model = torch.compile(model) if compile_model else model
-    step = TrainStep(step_model, optimizer, ctx, eager_model=model)
-    images = ctx.prepare(images)
-
     model.train()
+    return TrainStep(step_model, optimizer, ctx, eager_model=model), ctx.prepare(images), labels
+
+
+def time_row(dataset: str, row: int, *, device, batch_size: int, steps: int, warmup: int,
+             amp: bool, channels_last: bool, compile_model: bool, cuda_graphs: bool) -> tuple[float, float]:
+    """(median seconds per training step, seconds of setup: build, calibrate, compile, capture
+    and warm-up) of one row, through the loop's own :class:`TrainStep` (so CUDA graphs and the
+    fused update are what training uses)."""
+    setup_start = time.perf_counter()
+    step, images, labels = build_row_step(
+        dataset, row, device=device, batch_size=batch_size, amp=amp, channels_last=channels_last,
+        compile_model=compile_model, cuda_graphs=cuda_graphs)
     for _ in range(max(warmup, WARMUP_STEPS + 2 if cuda_graphs else 0)):
         step(images, labels)
     sync(device)
