@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import warnings
 from typing import Literal
 
@@ -112,6 +113,11 @@ def _fake_quantize_backward(
             grad_s = grad_s.sum()
     grad_s = grad_s.reshape(s.shape[:1]) * grad_scale * (s >= MIN_STEP_SIZE).reshape(s.shape[:1])
     return grad_x, grad_s.to(s.dtype)
+
+
+def cxx_compiler_available() -> bool:
+    """Inductor's CPU kernels are C++: without a compiler ``torch.compile`` cannot run there."""
+    return any(shutil.which(name) for name in ("c++", "g++", "clang++", "cl"))
 
 
 def compile_enabled() -> bool:

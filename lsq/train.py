@@ -18,7 +18,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -38,7 +37,7 @@ from lsq.convert import is_step_size, quantize_model, quantizers
 from lsq.experiments import get_table
 from lsq.layers import QConv2d, QLinear
 from lsq.models import build_model
-from lsq.quantizer import MIN_STEP_SIZE
+from lsq.quantizer import MIN_STEP_SIZE, cxx_compiler_available
 from lsq.step import (Context, TrainStep, first_nonfinite_layer,  # noqa: F401 (re-exported)
                       project_step_sizes)
 
@@ -388,8 +387,8 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
         raise TrainingError(
             f"{config.dataset} data has {data.num_classes} classes but the {table.model} head has "
             f"{table.num_classes}; point --data-dir at the {config.dataset} dataset")
-    compile_model, cuda_graphs = resolve_fast_path(
-        config, device, world_size, train_steps=config.optim.epochs * len(data.train))
+    train_steps = config.optim.epochs * len(data.train)
+    compile_model, cuda_graphs = resolve_fast_path(config, device, world_size, train_steps)
     ctx = Context(device, config.amp, config.channels_last, rank, world_size, progress and is_main,
                   cuda_graphs=cuda_graphs)
     model = build_run_model(config, float_state=float_state).to(device)
@@ -425,7 +424,7 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
             f"{'on' if cuda_graphs else 'off'}, amp {'bf16' if config.amp else 'off'}, "
             f"channels_last {'on' if config.channels_last else 'off'}")
     elif is_main and compile_model:
-        log(f"torch.compile on ({config.optim.epochs * len(data.train)} training steps on the "
+        log(f"torch.compile on ({train_steps} training steps on the "
             f"{device.type}; --no-compile turns it off)")
     if fresh:
         if quantizers(model) or config.optim.epochs == 0:
@@ -512,9 +511,9 @@ def resolve_fast_path(config: RunConfig, device: torch.device, world_size: int,
     ``CPU_COMPILE_MIN_STEPS`` training steps (``train_steps``); graphs on one CUDA device only
     (DDP's all-reduce is not captured here)."""
     on_cuda = device.type == "cuda"
-    # Inductor's CPU code is C++: without a compiler "auto" stays eager rather than warn per graph.
+    # Without a C++ compiler "auto" stays eager on the CPU rather than warn per graph.
     long_run = (train_steps is not None and train_steps >= CPU_COMPILE_MIN_STEPS
-                and any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")))
+                and cxx_compiler_available())
     compile_model = (on_cuda or long_run) if config.compile_model is None else config.compile_model
     cuda_graphs = (on_cuda and world_size == 1) if config.cuda_graphs is None else config.cuda_graphs
     if cuda_graphs and not on_cuda:

@@ -15,7 +15,6 @@ Gradients are checked two ways, both for the compiled kernels and the eager fall
 from __future__ import annotations
 
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -45,8 +44,7 @@ PROPERTY_SETTINGS = settings(
 _KERNELS = (lsq_quantizer.fake_quantize_kernel, lsq_quantizer.fake_quantize_backward_kernel)
 
 
-def _have_cxx() -> bool:
-    return any(shutil.which(name) for name in ("c++", "g++", "clang++", "cl"))
+_have_cxx = lsq_quantizer.cxx_compiler_available
 
 
 @pytest.fixture(params=["compiled", "eager"])
