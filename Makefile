@@ -21,6 +21,8 @@ PROFILE  ?=
 ABLATION_SEEDS ?= 0 1
 TRAIN_ARGS ?=
 REPORT_ARGS ?=
+# Warm torch.compile's cache for rows 1-4 while row 0 trains (make -j): on for CUDA devices.
+WARM ?= $(if $(filter cuda%,$(DEVICE)),1)
 
 # PROFILE wins when set; otherwise each table has its own default.
 profile_of = $(if $(PROFILE),$(PROFILE),$(or $($(1)_PROFILE),smoke))
@@ -45,6 +47,8 @@ help: ## list targets and variables
 	@echo "  SEEDS           seeds to train, space-separated (default: $(SEEDS))"
 	@echo "  DEVICE          auto | cpu | cuda | cuda:N (default: $(DEVICE)); on CUDA, torch.compile and CUDA graphs are on"
 	@echo "                  by default (--no-compile / --no-cuda-graphs in TRAIN_ARGS); make -j5 trains rows 1-4 together"
+	@echo "  WARM            1: compile rows 1-4 into torch.compile's cache while row 0 trains (make -j5);"
+	@echo "                  empty: off (default: 1 when DEVICE is cuda*)"
 	@echo "  DATA_DIR        dataset directory (default: data/<dataset>; Fashion-MNIST also /usr/share/datasets/fashion-mnist)"
 	@echo "  RUNS            run directory root (default: $(RUNS))"
 	@echo "  ABLATION_SEEDS  seeds of the ablation runs (default: $(ABLATION_SEEDS))"
@@ -65,8 +69,16 @@ setup: $(STAMP) ## create .venv/ and install the project (torch, torchvision, pa
 # prerequisite: a run is done when its summary.json exists (lsq train decides), whatever the
 # files' times say after a checkout.
 define RUN_RULE
-$(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(if $(filter-out 0,$(4)),$(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json)
+$(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(if $(filter-out 0,$(4)),$(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json $(call warm_target,$(1),$(2),$(3),$(4)))
 	$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4)
+endef
+# A quantized row's compile warm-up needs no baseline, so make -j runs it beside row 0; only for
+# runs not yet finished (an existing summary.json is read when the Makefile is).
+warm_target = $(if $(WARM),$(if $(wildcard $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json),,warm-$(1)-$(2)-row$(4)-seed$(3)))
+define WARM_RULE
+.PHONY: warm-$(1)-$(2)-row$(4)-seed$(3)
+warm-$(1)-$(2)-row$(4)-seed$(3): | $(STAMP) check-$(1)
+	$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4) --warm-compile-cache
 endef
 # $(1) dataset, $(2) profile, $(3) seed, $(4) row, $(5) ablation
 define ABLATION_RULE
@@ -81,7 +93,8 @@ ABLATION_ROWS := 1 3
 table_targets = $(foreach s,$(SEEDS),$(foreach r,$(ROWS),$(RUNS)/$(1)/$(call profile_of,$(1))/row$(r)/seed$(s)/summary.json))
 
 $(foreach d,$(DATASETS),$(foreach s,$(sort $(SEEDS) $(ABLATION_SEEDS)),$(foreach r,$(ROWS),\
-  $(eval $(call RUN_RULE,$(d),$(call profile_of,$(d)),$(s),$(r))))))
+  $(eval $(call RUN_RULE,$(d),$(call profile_of,$(d)),$(s),$(r)))\
+  $(eval $(call WARM_RULE,$(d),$(call profile_of,$(d)),$(s),$(r))))))
 $(foreach s,$(ABLATION_SEEDS),$(foreach r,$(ABLATION_ROWS),$(foreach a,$(ABLATIONS),\
   $(eval $(call ABLATION_RULE,fashion-mnist,$(call profile_of,fashion-mnist),$(s),$(r),$(a))))))
 

@@ -5,24 +5,24 @@
 # the device image), no venv. Phases, each with its own time limit, all logged to $OUT:
 #   1. the CUDA tests (CUDA-graph replay vs eager, GPU data pipeline);
 #   2. bench train, rows 0 and 4, bf16: CUDA graphs (LSQ kernels compiled; eager kernels too
-#      with EAGER_KERNELS=1), then
-#      torch.compile + graphs (the default); benchmarks/pick_modes.py gives the float row and the
-#      quantized rows each their mode of smallest estimated wall time, compile included;
+#      with EAGER_KERNELS=1), then torch.compile + graphs (the default);
 #   3. the whole synthetic CIFAR-shaped table at the paper profile (float + rows 1-4, 90 epochs
-#      each, 50k images, batch 128): row 0, then rows 1-4 as 4 concurrent processes (what
-#      `make -j5 synthetic PROFILE=paper DEVICE=cuda` does), with a cold compiler cache;
+#      each, 50k images, batch 128) through `make -j5 synthetic PROFILE=paper DEVICE=cuda`: row 0
+#      beside rows 1-4's compile warm-ups, then rows 1-4 as 4 concurrent processes, with a cold
+#      compiler cache, under MPS where the machine has it;
 #   4. bench train eager (neither compile nor graphs: what the fast path buys), if time is left;
 #   5. bench quantizer on the GPU, if time is left.
 # Between 2 and 3 (2b): a torch.profiler table of the float and row-4 steps, the diagnosis.
 # nvidia-smi samples GPU utilisation once a second throughout (gpu-util-<PHASES>.csv in the archive).
-# A phase that fails does not stop the next; the table falls back to the eager path if phase 1
-# or 2 shows the fast path broken.
+# A phase that fails does not stop the next; the table runs without CUDA graphs if phase 1's
+# CUDA tests fail.
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-check}
 BUDGET=${BUDGET:-560}          # seconds for the whole script
 # all, or two device calls of under 600 s each on the same warm machine: diagnose (phases 1, 2,
-# 2b: at most 6.5 min) then table (3, 4, 5; BUDGET bounds 4 and 5), which reuses the first call's mode choice in /tmp.
+# 2b: at most 6.5 min) then table (3, 4, 5; BUDGET bounds 4 and 5), which reads phase 1's
+# verdict (fast-flags) from /tmp.
 PHASES=${PHASES:-all}
 case $PHASES in all|diagnose|table) ;; *) echo "PHASES must be all, diagnose or table" >&2; exit 2;; esac
 TABLE_SECONDS=${TABLE_SECONDS:-300}
@@ -77,24 +77,45 @@ fi
 fi
 
 want table || { say "done (diagnose)"; exit 0; }
-# The float row and the quantized rows each take their fastest measured mode, setup included.
-eval "$(python3 benchmarks/pick_modes.py "$WORK" "$FAST" 2>>"$LOG")"
-say "phase 3: synthetic CIFAR-shaped table, paper profile, cold compiler cache, --amp --channels-last; row 0: $ROW0_MODE ($ROW0_ARGS $ROW0_ENV), rows 1-4: $QROW_MODE ($QROW_ARGS $QROW_ENV)"
-RUNS=$WORK/table; mkdir -p "$RUNS/logs"
+# The table as a user runs it: make -j5, the default fast path (torch.compile + CUDA graphs, as
+# phase 2 measures it fastest for both row kinds), rows 1-4 warming their compiles beside row 0.
+# MPS=auto (default) runs it under the CUDA MPS daemon when the machine has one, so the four
+# concurrent rows' kernels can overlap instead of time-slicing; MPS=off does not try.
+MPS_CONTROL=$(command -v nvidia-cuda-mps-control || ls /usr/local/nvidia/bin/nvidia-cuda-mps-control 2>/dev/null)
+mps_state=off
+if [ "${MPS:-auto}" != off ] && [ "$DEVICE" = cuda ] && [ -n "$MPS_CONTROL" ]; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+  if "$MPS_CONTROL" -d && timeout 60 python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+    mps_state=on; trap 'echo quit | "$MPS_CONTROL"; kill $SAMPLER 2>/dev/null' EXIT
+  else
+    echo quit | "$MPS_CONTROL"; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+  fi
+fi
+say "phase 3: synthetic CIFAR-shaped table, paper profile, cold compiler cache, make -j5, --amp --channels-last $FAST; MPS $mps_state (nvidia-cuda-mps-control: ${MPS_CONTROL:-not found})"
+RUNS=$WORK/table; rm -rf "$RUNS"; mkdir -p "$RUNS"
 export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-table; rm -rf "$TORCHINDUCTOR_CACHE_DIR"
-row() { local args=$QROW_ARGS envs=$QROW_ENV; [ "$1" = 0 ] && { args=$ROW0_ARGS; envs=$ROW0_ENV; }
-        env LSQ_DEBUG=1 $envs python3 -m lsq train --dataset synthetic --profile $PROFILE --device $DEVICE \
-        --amp --channels-last --no-progress --runs-dir "$RUNS" --row "$1" $args >"$RUNS/logs/row$1.log" 2>&1; }
-export -f row; export RUNS PROFILE DEVICE ROW0_ARGS ROW0_ENV QROW_ARGS QROW_ENV
+touch /tmp/lsq-no-venv  # the device's python3 has the packages: no .venv there
 start=$(date +%s)
-timeout "$TABLE_SECONDS" bash -c 'row 0 && { for r in 1 2 3 4; do row $r & done; wait; }'
+if command -v make >/dev/null; then
+  LSQ_DEBUG=1 timeout "$TABLE_SECONDS" make -j5 synthetic PROFILE=$PROFILE DEVICE=$DEVICE RUNS="$RUNS" \
+    PY=python3 STAMP=/tmp/lsq-no-venv TRAIN_ARGS="--amp --channels-last $FAST" >"$RUNS/make.log" 2>&1
+else  # no make on this machine: the same schedule in bash
+  train() { python3 -m lsq train --device $DEVICE --runs-dir "$RUNS" --no-progress --amp --channels-last \
+            $FAST --dataset synthetic --profile $PROFILE --seed 0 "$@"; }
+  export -f train; export RUNS DEVICE FAST PROFILE
+  LSQ_DEBUG=1 timeout "$TABLE_SECONDS" bash -c 'train --row 0 & for r in 1 2 3 4; do
+    train --row $r --warm-compile-cache & done; wait; for r in 1 2 3 4; do train --row $r & done; wait' \
+    >"$RUNS/make.log" 2>&1
+fi
 table_rc=$?
 table_wall=$(( $(date +%s) - start ))
-say "table: exit $table_rc, ${table_wall} s wall (limit ${TABLE_SECONDS} s)"
+grep -v "^W11[0-9][0-9] \|^  " "$RUNS/make.log" | grep -v "epoch [0-9]*/" | tail -n 20 | tee -a "$LOG"
+say "table: exit $table_rc, ${table_wall} s wall (limit ${TABLE_SECONDS} s), MPS $mps_state"
+[ "$mps_state" = on ] && { echo quit | "$MPS_CONTROL"; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; }
 unset TORCHINDUCTOR_CACHE_DIR
 python3 -c "import sys; from lsq.report.speed import table_timings
 print(table_timings(sys.argv[1]).to_string(index=False))" "$(dirname "$WORK")" 2>&1 | tee -a "$LOG"
-grep -h "CUDA fast path\|Error\|error\|Warning" "$RUNS"/logs/*.log | sort | uniq -c | head -20 | tee -a "$LOG"
 pack
 
 if (( BUDGET - $(elapsed) > 75 )); then

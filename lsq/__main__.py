@@ -48,6 +48,10 @@ def _train_parser(sub) -> None:
                    help="dotted config override, e.g. --set optim.weight_decay=5e-5 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--warm-compile-cache", action="store_true",
+                   help="compile this run's graphs into torch.compile's on-disk cache and exit, "
+                        "without the float baseline and without writing the run (make -j does "
+                        "this for rows 1-4 while row 0 trains)")
 
 
 def _config_from_args(args):
@@ -72,11 +76,14 @@ def _config_from_args(args):
 
 
 def _train(args) -> int:
-    from lsq.train import fit
+    from lsq.train import fit, warm_compile_cache
 
     config = _config_from_args(args)
     if args.print_config:
         print(config.to_yaml(), end="")
+        return 0
+    if args.warm_compile_cache:
+        warm_compile_cache(config, args.runs_dir)
         return 0
     try:
         fit(config, args.runs_dir, progress=not args.no_progress)

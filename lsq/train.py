@@ -20,7 +20,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from lsq.experiments import get_table
 from lsq.layers import QConv2d, QLinear
 from lsq.models import build_model
 from lsq.quantizer import MIN_STEP_SIZE, cxx_compiler_available
-from lsq.step import (Context, TrainStep, first_nonfinite_layer,  # noqa: F401 (re-exported)
+from lsq.step import (WARMUP_STEPS, Context, TrainStep, first_nonfinite_layer,  # noqa: F401 (re-exported)
                       project_step_sizes)
 
 
@@ -348,8 +348,6 @@ def _distributed_context() -> tuple[int, int]:
 def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = True,
         log=print) -> dict:
     """Train (or resume, or skip if done) one run; returns its summary."""
-    from lsq.data import build_data  # heavy imports (torchvision datasets) only when training
-
     runs_dir = Path(runs_dir)
     run_dir = config.run_dir(runs_dir)
     summary_path = run_dir / rundir.SUMMARY
@@ -372,31 +370,11 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     is_main = rank == 0
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once
-
     float_state = None if config.quant.is_float else _baseline_state(config, runs_dir)
     seed_everything(config.seed)
-    data = build_data(
-        config.dataset, config.data, batch_size=config.optim.batch_size,
-        eval_batch_size=config.optim.eval_batch_size, device=device, seed=config.seed,
-        rank=rank, world_size=world_size,
-    )
-    table = get_table(config.dataset)
-    if data.num_classes > table.num_classes:
-        raise TrainingError(
-            f"{config.dataset} data has {data.num_classes} classes but the {table.model} head has "
-            f"{table.num_classes}; point --data-dir at the {config.dataset} dataset")
-    train_steps = config.optim.epochs * len(data.train)
-    compile_model, cuda_graphs = resolve_fast_path(config, device, world_size, train_steps)
-    ctx = Context(device, config.amp, config.channels_last, rank, world_size, progress and is_main,
-                  cuda_graphs=cuda_graphs)
-    model = build_run_model(config, float_state=float_state).to(device)
-    ctx.step_sizes = step_size_params(model)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config, len(data.train))
+    run = _build(config, device, rank, world_size, float_state, progress=progress and is_main)
+    data, ctx, model, optimizer, scheduler = run.data, run.ctx, run.model, run.optimizer, run.scheduler
+    compile_model, cuda_graphs, train_steps = run.compile_model, run.cuda_graphs, run.train_steps
 
     checkpoint_path = run_dir / rundir.CHECKPOINT
     metrics_path = run_dir / rundir.METRICS
@@ -471,6 +449,91 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
     if world_size > 1:
         dist.barrier()
     return summary
+
+
+@dataclass
+class _Run:
+    """What ``fit`` steps, before any step size is initialised or anything compiled."""
+
+    data: object  # lsq.data.Data
+    ctx: Context
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    compile_model: bool
+    cuda_graphs: bool
+    train_steps: int
+
+
+def _build(config: RunConfig, device: torch.device, rank: int, world_size: int,
+           float_state: dict | None, *, progress: bool) -> _Run:
+    """Data, model, optimizer and fast-path choice of a run: shared by ``fit`` and
+    ``warm_compile_cache``, so the warm-up compiles exactly the graphs the run will."""
+    from lsq.data import build_data  # heavy imports (torchvision datasets) only when training
+
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once
+    data = build_data(
+        config.dataset, config.data, batch_size=config.optim.batch_size,
+        eval_batch_size=config.optim.eval_batch_size, device=device, seed=config.seed,
+        rank=rank, world_size=world_size,
+    )
+    table = get_table(config.dataset)
+    if data.num_classes > table.num_classes:
+        raise TrainingError(
+            f"{config.dataset} data has {data.num_classes} classes but the {table.model} head has "
+            f"{table.num_classes}; point --data-dir at the {config.dataset} dataset")
+    train_steps = config.optim.epochs * len(data.train)
+    compile_model, cuda_graphs = resolve_fast_path(config, device, world_size, train_steps)
+    ctx = Context(device, config.amp, config.channels_last, rank, world_size, progress,
+                  cuda_graphs=cuda_graphs)
+    model = build_run_model(config, float_state=float_state).to(device)
+    ctx.step_sizes = step_size_params(model)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, len(data.train))
+    return _Run(data, ctx, model, optimizer, scheduler, compile_model, cuda_graphs, train_steps)
+
+
+def warm_compile_cache(config: RunConfig, runs_dir: str | Path = "runs", *, log=print) -> bool:
+    """Compile a run's graphs into torch.compile's on-disk caches, so the run itself starts warm.
+
+    Nothing of the run is needed or written: the model starts from a random float network
+    instead of the row-0 baseline (the graphs depend on shapes, not values), and no run directory
+    is touched. ``make -j`` runs this for rows 1-4 while row 0 trains, which takes their cold
+    compiles (20-30 s each on an H200, longer four at a time) off the table's critical path.
+    Runs the same calibration, evaluation and training steps as ``fit`` (CUDA-graph capture
+    included, which is not cached but checks the path). Returns whether anything was compiled:
+    False for a finished run or one that does not compile.
+    """
+    if (config.run_dir(Path(runs_dir)) / rundir.SUMMARY).exists():
+        log(f"{config.run_dir(Path(runs_dir))}: already done, nothing to warm")
+        return False
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    run = _build(config, device, 0, 1, None, progress=False)
+    if not run.compile_model:
+        log(f"{config.run_name}: this run does not compile (--no-compile, or a short CPU run), "
+            "nothing to warm")
+        return False
+    started = time.time()
+    model, ctx = run.model, run.ctx
+    if quantizers(model):
+        calibrate(model, run.data.train, ctx)
+        evaluate(model, run.data.test, ctx)  # the eager LSQ kernels at the eval batch shapes
+    step = TrainStep(_wrap(model, True, device, 1), run.optimizer, ctx, eager_model=model)
+    model.train()
+    run.data.train.set_epoch(0)
+    batches = iter(run.data.train)
+    for _ in range(WARMUP_STEPS + 1 if run.cuda_graphs else 2):
+        images, labels = next(batches)
+        step(ctx.prepare(images), labels)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    log(f"{config.dataset}/{config.profile}/{config.run_name}: compile cache warmed in "
+        f"{time.time() - started:.0f} s")
+    return True
 
 
 def _resume(checkpoint_path: Path, metrics_path: Path, model, optimizer, scheduler,
