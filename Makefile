@@ -21,6 +21,8 @@ PROFILE  ?=
 ABLATION_SEEDS ?= 0 1
 TRAIN_ARGS ?=
 REPORT_ARGS ?=
+# Trainings at once in `make smoke`.
+JOBS ?= $(shell nproc)
 # Warm torch.compile's cache for rows 1-4 while row 0 trains (make -j): on for CUDA devices.
 WARM ?= $(if $(filter cuda%,$(DEVICE)),1)
 
@@ -31,7 +33,9 @@ imagenet_PROFILE      := paper
 fashion-mnist_PROFILE := quick
 synthetic_PROFILE     := smoke
 
-TRAIN = $(PY) -m lsq train --device $(DEVICE) --runs-dir $(RUNS) --no-progress \
+# make -jN runs N trainings at once: each takes 1/N of the CPU cores (lsq.train.share_cpu_threads).
+TRAIN = LSQ_PARALLEL_RUNS=$(patsubst -j%,%,$(filter -j%,$(MAKEFLAGS))) \
+        $(PY) -m lsq train --device $(DEVICE) --runs-dir $(RUNS) --no-progress \
         $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(TRAIN_ARGS)
 
 ##@ Setup
@@ -47,6 +51,8 @@ help: ## list targets and variables
 	@echo "  SEEDS           seeds to train, space-separated (default: $(SEEDS))"
 	@echo "  DEVICE          auto | cpu | cuda | cuda:N (default: $(DEVICE)); on CUDA, torch.compile and CUDA graphs are on"
 	@echo "                  by default (--no-compile / --no-cuda-graphs in TRAIN_ARGS); make -j5 trains rows 1-4 together"
+	@echo "  JOBS            trainings at once in 'make smoke' (default: the core count, $(JOBS)); with make -jN"
+	@echo "                  each training takes 1/N of the cores (LSQ_PARALLEL_RUNS)"
 	@echo "  WARM            1: compile rows 1-4 into torch.compile's cache while row 0 trains (make -j5);"
 	@echo "                  empty: off (default: 1 when DEVICE is cuda*)"
 	@echo "  DATA_DIR        dataset directory (default: data/<dataset>; Fashion-MNIST also /usr/share/datasets/fashion-mnist)"
@@ -70,7 +76,7 @@ setup: $(STAMP) ## create .venv/ and install the project (torch, torchvision, pa
 # files' times say after a checkout.
 define RUN_RULE
 $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(if $(filter-out 0,$(4)),$(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json $(call warm_target,$(1),$(2),$(3),$(4)))
-	$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4)
+	$$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4)
 endef
 # A quantized row's compile warm-up needs no baseline, so make -j runs it beside row 0; only for
 # runs not yet finished (an existing summary.json is read when the Makefile is).
@@ -78,12 +84,12 @@ warm_target = $(if $(WARM),$(if $(wildcard $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/su
 define WARM_RULE
 .PHONY: warm-$(1)-$(2)-row$(4)-seed$(3)
 warm-$(1)-$(2)-row$(4)-seed$(3): | $(STAMP) check-$(1)
-	$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4) --warm-compile-cache
+	$$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4) --warm-compile-cache
 endef
 # $(1) dataset, $(2) profile, $(3) seed, $(4) row, $(5) ablation
 define ABLATION_RULE
 $(RUNS)/$(1)/$(2)/row$(4)-$(5)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json
-	$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4) --ablation $(5)
+	$$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4) --ablation $(5)
 endef
 
 DATASETS := cifar10 imagenet fashion-mnist synthetic
@@ -117,8 +123,8 @@ report: | $(STAMP) ## render report/*.md and report/site/ from whatever runs exi
 
 notebooks: report ## execute the papermill notebooks (part of every report) into report/site/notebooks/
 
-smoke: ## whole pipeline on synthetic data, smoke profile, 2 seeds, to report/site/ (a few minutes on a CPU)
-	$(MAKE) synthetic PROFILE=smoke SEEDS="0 1" DEVICE=$(DEVICE) RUNS=$(RUNS)
+smoke: ## whole pipeline on synthetic data, smoke profile, 2 seeds, to report/site/ (about a minute on a CPU)
+	$(MAKE) -j$(JOBS) synthetic PROFILE=smoke SEEDS="0 1" DEVICE=$(DEVICE) RUNS=$(RUNS)
 	$(MAKE) report RUNS=$(RUNS)
 	@echo "open report/site/index.html"
 

@@ -64,6 +64,30 @@ class CorruptCheckpointError(TrainingError):
 # --- building blocks ---------------------------------------------------------------------------
 
 
+PARALLEL_RUNS_ENV = "LSQ_PARALLEL_RUNS"  # set by the Makefile to make's -j
+
+
+def share_cpu_threads(environ=os.environ) -> int | None:
+    """Give this process its share of the CPU cores when ``$LSQ_PARALLEL_RUNS`` runs share the
+    machine (``make -jN`` sets it to N); returns the thread count set, or None.
+
+    Every torch process otherwise starts one intra-op thread per core, and N of them
+    oversubscribe the cores N-fold. OpenMP's spinning threads make that far worse than N times
+    slower: 4 processes making the synthetic data on this 2-core machine take 10.6-11.3 s each
+    with 2 threads and 3.5-4.0 s with 1 (README, "Benchmarks"). An explicit ``OMP_NUM_THREADS``
+    (torchrun sets one) wins.
+    """
+    try:
+        runs = int(environ.get(PARALLEL_RUNS_ENV, ""))
+    except ValueError:
+        return None  # unset, or make's unlimited -j
+    if runs <= 1 or "OMP_NUM_THREADS" in environ:
+        return None
+    threads = max(1, len(os.sched_getaffinity(0)) // runs)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -365,6 +389,7 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
             )
         log("smoke profile: the float baseline is randomly initialised (no pretrained weights)")
     rank, world_size = _distributed_context()
+    share_cpu_threads()
     device = resolve_device(config.device)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -510,6 +535,7 @@ def warm_compile_cache(config: RunConfig, runs_dir: str | Path = "runs", *, log=
     if (config.run_dir(Path(runs_dir)) / rundir.SUMMARY).exists():
         log(f"{config.run_dir(Path(runs_dir))}: already done, nothing to warm")
         return False
+    share_cpu_threads()
     device = resolve_device(config.device)
     seed_everything(config.seed)
     run = _build(config, device, 0, 1, None, progress=False)

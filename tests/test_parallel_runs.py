@@ -1,9 +1,13 @@
-"""``lsq train --warm-compile-cache``: a quantized row compiles ahead of its float baseline, and
-the run itself then compiles from the cache; ``make -j`` schedules it beside row 0."""
+"""Rows trained side by side (``make -jN``): a quantized row's compile warm-up ahead of its float
+baseline (``lsq train --warm-compile-cache``), the run then compiling from the cache, and each
+process taking its share of the CPU cores."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +17,7 @@ from torch._dynamo.utils import counters
 
 from lsq.config import make_config
 from lsq.quantizer import cxx_compiler_available
-from lsq.train import fit, warm_compile_cache
+from lsq.train import fit, share_cpu_threads, warm_compile_cache
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ("data.train_subset=64", "data.test_subset=32", "optim.batch_size=32", "optim.epochs=1")
@@ -82,3 +86,55 @@ def test_make_does_not_warm_a_finished_row(tmp_path):
     commands = make_dry_run("DEVICE=cuda", runs=tmp_path)
     assert "--row 2 --warm-compile-cache" not in commands
     assert "--row 3 --warm-compile-cache" in commands
+
+
+@pytest.mark.parametrize("jobs, expected", [("-j5", "LSQ_PARALLEL_RUNS=5 "), ("-j2", "LSQ_PARALLEL_RUNS=2 "),
+                                            (None, "LSQ_PARALLEL_RUNS= ")])
+def test_make_tells_each_run_how_many_run_beside_it(tmp_path, jobs, expected):
+    commands = make_dry_run(*([jobs] if jobs else []), "DEVICE=cpu", runs=tmp_path).splitlines()
+    trains = [c for c in commands if " -m lsq train " in c]
+    assert len(trains) == 5 and all(c.startswith(expected) for c in trains), trains
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({"LSQ_PARALLEL_RUNS": "2"}, 4),
+    ({"LSQ_PARALLEL_RUNS": "3"}, 2),
+    ({"LSQ_PARALLEL_RUNS": "16"}, 1),
+    ({"LSQ_PARALLEL_RUNS": "1"}, None),
+    ({"LSQ_PARALLEL_RUNS": ""}, None),  # make's unlimited -j
+    ({}, None),
+    ({"LSQ_PARALLEL_RUNS": "4", "OMP_NUM_THREADS": "3"}, None),  # the user's choice wins
+])
+def test_parallel_runs_share_the_cores(monkeypatch, restore_threads, environ, expected):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    torch.set_num_threads(1)
+    assert share_cpu_threads(environ) == expected
+    assert torch.get_num_threads() == (expected or 1)
+
+
+def train_alone(runs: Path, **env) -> dict:
+    """A tiny float run in its own process, with ``env`` instead of the suite's thread setting."""
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "LSQ_PARALLEL_RUNS")}
+    subprocess.run([sys.executable, "-m", "lsq", "train", "--dataset", "synthetic", "--row", "0",
+                    "--profile", "smoke", "--set", "data.train_subset=64", "--set", "data.test_subset=32",
+                    "--batch-size", "16", "--runs-dir", str(runs), "--no-progress"],
+                   cwd=REPO, env={**base, **env}, check=True, capture_output=True, timeout=300)
+    return json.loads((runs / "synthetic" / "smoke" / "row0" / "seed0" / "summary.json").read_text())
+
+
+def test_a_run_beside_others_equals_a_run_alone_with_its_thread_count(tmp_path):
+    """make -jN changes a CPU run's thread count, hence its float reduction order: the result is
+    that of a run alone with the same thread count, and the summary's device names it."""
+    cores = len(os.sched_getaffinity(0))
+    shared = train_alone(tmp_path / "shared", LSQ_PARALLEL_RUNS=str(cores))  # 1 thread each
+    alone = train_alone(tmp_path / "alone", OMP_NUM_THREADS="1")
+    assert "1 threads" in shared["device"] and shared["device"] == alone["device"]
+    for key in ("final_test_loss", "final_top1", "final_top5"):
+        assert shared[key] == alone[key]
