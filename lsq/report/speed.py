@@ -58,7 +58,8 @@ def bench_table(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
 def table_timings(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
     """One line per run of every timed table under ``results_dir/*/table/``: epochs done, the
     median epoch time (training + evaluation), and the wall time of a finished run or, for a
-    run the time limit stopped, the median epoch time x its epochs (labelled "projected")."""
+    run the time limit stopped, its epochs so far plus the rest at the median epoch time
+    (labelled "projected")."""
     lines = []
     for check in sorted(p for p in Path(results_dir).glob("*/table") if p.is_dir()):
         device, torch_version = _check_machine(check)
@@ -75,7 +76,11 @@ def table_timings(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
             if summary is not None:
                 total = f"{summary['wall_seconds']:.0f} (finished)"
             elif per_epoch is not None:
-                total = f"{per_epoch * epochs:.0f} (projected: stopped by the time limit)"
+                # The epochs it ran (the first holds the compile) plus the rest at the median;
+                # what came before epoch 1 (process start, calibration) is in no record.
+                done = sum(r["epoch_seconds"] for r in trained)
+                total = (f"{done + per_epoch * (epochs - len(trained)):.0f} (projected: stopped "
+                         "by the time limit; start-up before epoch 1 not included)")
             else:
                 total = "—"
             lines.append([
