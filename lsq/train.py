@@ -94,6 +94,17 @@ def share_cpu_threads(environ=os.environ) -> int | None:
     return threads
 
 
+def process_age_seconds() -> float | None:
+    """Seconds since this process started, from Linux's /proc (None elsewhere)."""
+    try:
+        # Field 22 of /proc/self/stat, counted after the parenthesised command name.
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -446,6 +457,9 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
             _save_checkpoint(checkpoint_path, model, optimizer, scheduler, 0, config, wall_before,
                              started_at)
 
+    # What this process spent before its first step (imports, data, model, calibration, the
+    # epoch-0 evaluation): the cost of starting a run, which epoch_seconds never sees.
+    startup_seconds = process_age_seconds()
     for epoch in range(start_epoch, config.optim.epochs):
         epoch_start = time.time()
         lr = optimizer.param_groups[0]["lr"]
@@ -459,6 +473,8 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
         epoch_seconds = time.time() - epoch_start
         record = _epoch_record(epoch + 1, lr, train_metrics, test_metrics, model, epoch_seconds,
                                train_metrics["train_images"] / max(train_seconds, 1e-9))
+        if epoch == start_epoch and startup_seconds is not None:
+            record["startup_seconds"] = startup_seconds
         if is_main:
             rundir.append_metrics(metrics_path, record)
             wall = wall_before + time.time() - started

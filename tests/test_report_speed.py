@@ -24,13 +24,16 @@ def _bench(path: Path, compile_model: bool) -> None:
         ]}))
 
 
-def _run(table: Path, row: int, epochs_done: int, finished: bool, first_epoch: float = 3.0) -> None:
+def _run(table: Path, row: int, epochs_done: int, finished: bool, first_epoch: float = 3.0,
+         startup: float | None = None) -> None:
     config = make_config("synthetic", row, "paper")
     run = config.run_dir(table)
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
     records = [{"epoch": e, "epoch_seconds": (3.0 if e > 1 else first_epoch) if e else 99.0,
                 "images_per_second": 1.0} for e in range(epochs_done + 1)]
+    if startup is not None and epochs_done:
+        records[1]["startup_seconds"] = startup
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if finished:
         (run / "summary.json").write_text(json.dumps({
@@ -44,7 +47,8 @@ def _results(tmp_path: Path) -> Path:
     _bench(check / "bench-default.json", True)
     _bench(check / "bench-graphs-only.json", False)
     _run(check / "table", 0, 90, finished=True)
-    _run(check / "table", 4, 10, finished=False, first_epoch=20.0)
+    _run(check / "table", 4, 10, finished=False, first_epoch=20.0, startup=13.0)
+    _run(check / "table", 3, 10, finished=False)  # written before start-up was recorded
     return tmp_path / "results"
 
 
@@ -60,11 +64,15 @@ def test_table_lines_finish_or_project_from_the_metrics(tmp_path):
     frame = table_timings(_results(tmp_path)).set_index("row")
     assert frame.loc["row0", "epochs done"] == "90/90"
     assert frame.loc["row0", "wall or projection for all epochs, s"] == "250 (finished)"
-    # 10 epochs done, the first 20 s (compiling), the others 3 s (epoch 0, the untrained
-    # evaluation, is left out): 47 s so far and 80 more epochs at the median, 240 s.
+    # 13 s of start-up, 10 epochs done, the first 20 s (compiling), the others 3 s (epoch 0, the
+    # untrained evaluation, is left out): 60 s so far and 80 more epochs at the median, 240 s.
     assert frame.loc["row4", "epochs done"] == "10/90"
     assert frame.loc["row4", "median s/epoch"] == "3.00"
-    assert frame.loc["row4", "wall or projection for all epochs, s"].startswith("287 (projected")
+    assert frame.loc["row4", "start-up s"] == "13"
+    assert frame.loc["row4", "wall or projection for all epochs, s"] == "300 (projected: stopped by the time limit)"
+    assert frame.loc["row3", "start-up s"] == "—"
+    assert frame.loc["row3", "wall or projection for all epochs, s"] == (
+        "270 (projected: stopped by the time limit; start-up not recorded)")
     assert frame.loc["row4", "device"] == "cuda (Test GPU)"  # taken from the finished run
     assert frame.loc["row4", "data"] == "synthetic"
     assert "compile: auto" in frame.loc["row4", "mode"] and "CUDA graphs: auto" in frame.loc["row4", "mode"]
@@ -83,7 +91,7 @@ def test_report_index_shows_measured_speed(tmp_path):
     html = (tmp_path / "report" / "site" / "index.html").read_text()
     for text in (markdown, html):
         assert "Measured speed" in text and "cuda (Test GPU)" in text and "42,667" in text
-        assert "287 (projected" in text
+        assert "300 (projected" in text
     build_report(tmp_path / "runs", tmp_path / "report2", execute_notebooks=False,
                  results_dir=tmp_path / "none")
     assert "No speed measurements" in (tmp_path / "report2" / "index.md").read_text()

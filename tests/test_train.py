@@ -19,7 +19,7 @@ from lsq.config import ConfigError, RunConfig, make_config
 from lsq.train import lr_factor
 
 REPO = Path(__file__).resolve().parent.parent
-TIMING_KEYS = {"epoch_seconds", "images_per_second"}
+TIMING_KEYS = {"epoch_seconds", "images_per_second", "startup_seconds"}
 SUMMARY_VOLATILE = {"wall_seconds", "started_at", "finished_at", "hostname", "git_sha"}
 
 
@@ -69,6 +69,15 @@ def test_run_directory_is_complete(finished_runs):
         assert summary["torch_version"] == torch.__version__
         assert summary["compiled"] is False and summary["cuda_graphs"] is False  # a short CPU run
         assert summary["wall_seconds"] > 0
+
+
+def test_first_epoch_records_the_process_start_up(finished_runs):
+    for row in (0, 4):
+        records = rundir.read_metrics(run_dir(finished_runs, row) / "metrics.jsonl")
+        trained = [r for r in records if r["epoch"] > 0]
+        # Importing torch alone takes a second; a whole run here takes well under 5 minutes.
+        assert 0.5 < trained[0]["startup_seconds"] < 300
+        assert all("startup_seconds" not in r for r in records if r is not trained[0])
 
 
 def test_quantized_metrics_have_step_sizes_and_sparsity(finished_runs):

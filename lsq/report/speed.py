@@ -20,8 +20,8 @@ DEFAULT_RESULTS = Path("benchmarks/results")
 
 BENCH_COLUMNS = ["check", "device", "torch", "dataset", "batch", "mode", "row", "ms/step", "img/s",
                  "x float", "setup s"]
-TABLE_COLUMNS = ["check", "device", "torch", "data", "mode", "row", "epochs done", "median s/epoch",
-                 "wall s", "wall or projection for all epochs, s"]
+TABLE_COLUMNS = ["check", "device", "torch", "data", "mode", "row", "start-up s", "epochs done",
+                 "median s/epoch", "wall s", "wall or projection for all epochs, s"]
 
 
 def _mode(amp, channels_last, compile_model, cuda_graphs) -> str:
@@ -57,9 +57,9 @@ def bench_table(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
 
 def table_timings(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
     """One line per run of every timed table under ``results_dir/*/table/``: epochs done, the
-    median epoch time (training + evaluation), and the wall time of a finished run or, for a
-    run the time limit stopped, its epochs so far plus the rest at the median epoch time
-    (labelled "projected")."""
+    median epoch time (training + evaluation), the process's start-up before its first step, and
+    the wall time of a finished run or, for a run the time limit stopped, its start-up and
+    epochs so far plus the rest at the median epoch time (labelled "projected")."""
     lines = []
     for check in sorted(p for p in Path(results_dir).glob("*/table") if p.is_dir()):
         device, torch_version = _check_machine(check)
@@ -73,14 +73,15 @@ def table_timings(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
             config = yaml.safe_load(config_path.read_text())
             epochs = int(config["optim"]["epochs"])
             per_epoch = statistics.median(r["epoch_seconds"] for r in trained) if trained else None
+            # Process start to first step (docs/run-format.md); runs from before it have none.
+            startup = trained[0].get("startup_seconds") if trained else None
             if summary is not None:
                 total = f"{summary['wall_seconds']:.0f} (finished)"
             elif per_epoch is not None:
-                # The epochs it ran (the first holds the compile) plus the rest at the median;
-                # what came before epoch 1 (process start, calibration) is in no record.
-                done = sum(r["epoch_seconds"] for r in trained)
-                total = (f"{done + per_epoch * (epochs - len(trained)):.0f} (projected: stopped "
-                         "by the time limit; start-up before epoch 1 not included)")
+                # Start-up, the epochs it ran (the first holds the compile), the rest at the median.
+                done = (startup or 0.0) + sum(r["epoch_seconds"] for r in trained)
+                total = (f"{done + per_epoch * (epochs - len(trained)):.0f} (projected: stopped by "
+                         f"the time limit{'' if startup is not None else '; start-up not recorded'})")
             else:
                 total = "—"
             lines.append([
@@ -90,7 +91,7 @@ def table_timings(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
                 _mode(config["amp"], config["channels_last"],
                       (summary or {}).get("compiled", config.get("compile_model")),
                       (summary or {}).get("cuda_graphs", config.get("cuda_graphs"))),
-                run.parent.name, f"{len(trained)}/{epochs}",
+                run.parent.name, "—" if startup is None else f"{startup:.0f}", f"{len(trained)}/{epochs}",
                 "—" if per_epoch is None else f"{per_epoch:.2f}",
                 "—" if summary is None else f"{summary['wall_seconds']:.0f}", total,
             ])
