@@ -34,9 +34,11 @@ fashion-mnist_PROFILE := quick
 synthetic_PROFILE     := smoke
 
 # make -jN runs N trainings at once: each takes 1/N of the CPU cores (lsq.train.share_cpu_threads).
-TRAIN = LSQ_PARALLEL_RUNS=$(patsubst -j%,%,$(filter -j%,$(MAKEFLAGS))) \
-        $(PY) -m lsq train --device $(DEVICE) --runs-dir $(RUNS) --no-progress \
+# $(1): a command prefix (the warm-ups' nice).
+train = LSQ_PARALLEL_RUNS=$(patsubst -j%,%,$(filter -j%,$(MAKEFLAGS))) \
+        $(1) $(PY) -m lsq train --device $(DEVICE) --runs-dir $(RUNS) --no-progress \
         $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(TRAIN_ARGS)
+TRAIN = $(call train,)
 
 ##@ Setup
 .PHONY: help setup
@@ -78,13 +80,14 @@ define RUN_RULE
 $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(if $(filter-out 0,$(4)),$(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json $(call warm_target,$(1),$(2),$(3),$(4)))
 	$$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4)
 endef
-# A quantized row's compile warm-up needs no baseline, so make -j runs it beside row 0; only for
-# runs not yet finished (an existing summary.json is read when the Makefile is).
+# A quantized row's compile warm-up needs no baseline, so make -j runs it beside row 0, niced:
+# row 0 is what the table waits for. Only for runs not yet finished (an existing summary.json
+# is read when the Makefile is).
 warm_target = $(if $(WARM),$(if $(wildcard $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json),,warm-$(1)-$(2)-row$(4)-seed$(3)))
 define WARM_RULE
 .PHONY: warm-$(1)-$(2)-row$(4)-seed$(3)
 warm-$(1)-$(2)-row$(4)-seed$(3): | $(STAMP) check-$(1)
-	$$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4) --warm-compile-cache
+	$$(call train,nice -n 10) --dataset $(1) --profile $(2) --seed $(3) --row $(4) --warm-compile-cache
 endef
 # $(1) dataset, $(2) profile, $(3) seed, $(4) row, $(5) ablation
 define ABLATION_RULE

@@ -74,9 +74,10 @@ def share_cpu_threads(environ=os.environ) -> int | None:
     Every torch process otherwise starts one intra-op thread per core, and N of them
     oversubscribe the cores N-fold. OpenMP's spinning threads make that far worse than N times
     slower: 4 processes making the synthetic data on this 2-core machine take 10.6-11.3 s each
-    with 2 threads and 3.5-4.0 s with 1 (README, "Benchmarks"). torch.compile's worker pool gets
-    the same share. An explicit ``OMP_NUM_THREADS`` (torchrun sets one) wins, and an explicit
-    ``TORCHINDUCTOR_COMPILE_THREADS`` for the pool.
+    with 2 threads and 3.5-4.0 s with 1 (README, "Benchmarks"). An explicit ``OMP_NUM_THREADS``
+    (torchrun sets one) wins. torch.compile's worker pool keeps every core: its workers are
+    processes that wait without spinning, and a smaller pool would slow row 0's compile, which
+    the whole table waits for.
     """
     try:
         runs = int(environ.get(PARALLEL_RUNS_ENV, ""))
@@ -87,11 +88,6 @@ def share_cpu_threads(environ=os.environ) -> int | None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = max(1, cores // runs)
     torch.set_num_threads(threads)
-    if "TORCHINDUCTOR_COMPILE_THREADS" not in environ:
-        # torch.compile's worker pool would take every core too (read at the first compile).
-        import torch._inductor.config as inductor_config
-
-        inductor_config.compile_threads = threads
     return threads
 
 
