@@ -23,7 +23,7 @@ TRAIN_ARGS ?=
 REPORT_ARGS ?=
 # Trainings at once in `make smoke`.
 JOBS ?= $(shell nproc)
-# Warm torch.compile's cache for rows 1-4 while row 0 trains (make -j): on for CUDA devices.
+# Start rows 1-4 beside row 0 (make -j), warming their compiles while it trains: on for CUDA.
 WARM ?= $(if $(filter cuda%,$(DEVICE)),1)
 
 # PROFILE wins when set; otherwise each table has its own default.
@@ -55,8 +55,8 @@ help: ## list targets and variables
 	@echo "                  by default (--no-compile / --no-cuda-graphs in TRAIN_ARGS); make -j5 trains rows 1-4 together"
 	@echo "  JOBS            trainings at once in 'make smoke' (default: the core count, $(JOBS)); with make -jN"
 	@echo "                  each training takes 1/N of the cores (LSQ_PARALLEL_RUNS)"
-	@echo "  WARM            1: compile rows 1-4 into torch.compile's cache while row 0 trains (make -j5);"
-	@echo "                  empty: off (default: 1 when DEVICE is cuda*)"
+	@echo "  WARM            1: start rows 1-4 beside row 0 (make -j5): they compile while it trains, then wait for"
+	@echo "                  it (lsq train --wait-for-baseline); empty: after it (default: 1 when DEVICE is cuda*)"
 	@echo "  DATA_DIR        dataset directory (default: data/<dataset>; Fashion-MNIST also /usr/share/datasets/fashion-mnist)"
 	@echo "  RUNS            run directory root (default: $(RUNS))"
 	@echo "  ABLATION_SEEDS  seeds of the ablation runs (default: $(ABLATION_SEEDS))"
@@ -74,21 +74,16 @@ setup: $(STAMP) ## create .venv/ and install the project (torch, torchvision, pa
 
 ##@ Training (file targets on each run's summary.json: finished runs never rerun, interrupted ones resume)
 # $(1) dataset, $(2) profile, $(3) seed, $(4) row. The float baseline is an order-only
-# prerequisite: a run is done when its summary.json exists (lsq train decides), whatever the
-# files' times say after a checkout.
+# prerequisite (unless WARM, below): a run is done when its summary.json exists (lsq train
+# decides), whatever the files' times say after a checkout.
 define RUN_RULE
-$(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(if $(filter-out 0,$(4)),$(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json $(call warm_target,$(1),$(2),$(3),$(4)))
-	$$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4)
+$(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(if $(call early,$(4)),,$(if $(filter-out 0,$(4)),$(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json))
+	$$(call train,$(if $(call early,$(4)),nice -n 10)) --dataset $(1) --profile $(2) --seed $(3) --row $(4) $(if $(call early,$(4)),--wait-for-baseline)
 endef
-# A quantized row's compile warm-up needs no baseline, so make -j runs it beside row 0, niced:
-# row 0 is what the table waits for. Only for runs not yet finished (an existing summary.json
-# is read when the Makefile is).
-warm_target = $(if $(WARM),$(if $(wildcard $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json),,warm-$(1)-$(2)-row$(4)-seed$(3)))
-define WARM_RULE
-.PHONY: warm-$(1)-$(2)-row$(4)-seed$(3)
-warm-$(1)-$(2)-row$(4)-seed$(3): | $(STAMP) check-$(1)
-	$$(call train,nice -n 10) --dataset $(1) --profile $(2) --seed $(3) --row $(4) --warm-compile-cache
-endef
+# With WARM, a quantized row starts beside its float baseline instead of after it: it warms its
+# compile and waits for row 0's summary.json inside the process (lsq train --wait-for-baseline),
+# niced so that row 0, which the table waits for, keeps the CPU first.
+early = $(and $(WARM),$(filter-out 0,$(1)))
 # $(1) dataset, $(2) profile, $(3) seed, $(4) row, $(5) ablation
 define ABLATION_RULE
 $(RUNS)/$(1)/$(2)/row$(4)-$(5)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json
@@ -102,8 +97,7 @@ ABLATION_ROWS := 1 3
 table_targets = $(foreach s,$(SEEDS),$(foreach r,$(ROWS),$(RUNS)/$(1)/$(call profile_of,$(1))/row$(r)/seed$(s)/summary.json))
 
 $(foreach d,$(DATASETS),$(foreach s,$(sort $(SEEDS) $(ABLATION_SEEDS)),$(foreach r,$(ROWS),\
-  $(eval $(call RUN_RULE,$(d),$(call profile_of,$(d)),$(s),$(r)))\
-  $(eval $(call WARM_RULE,$(d),$(call profile_of,$(d)),$(s),$(r))))))
+  $(eval $(call RUN_RULE,$(d),$(call profile_of,$(d)),$(s),$(r))))))
 $(foreach s,$(ABLATION_SEEDS),$(foreach r,$(ABLATION_ROWS),$(foreach a,$(ABLATIONS),\
   $(eval $(call ABLATION_RULE,fashion-mnist,$(call profile_of,fashion-mnist),$(s),$(r),$(a))))))
 

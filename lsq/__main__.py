@@ -52,6 +52,10 @@ def _train_parser(sub) -> None:
                    help="compile this run's graphs into torch.compile's on-disk cache and exit, "
                         "without the float baseline and without writing the run (make -j does "
                         "this for rows 1-4 while row 0 trains)")
+    p.add_argument("--wait-for-baseline", action="store_true",
+                   help="rows 1-4: start while row 0 still trains (warm the compile cache, then "
+                        "wait for its summary.json) and train once it is done; make -j does this "
+                        "on CUDA")
 
 
 def _config_from_args(args):
@@ -76,7 +80,7 @@ def _config_from_args(args):
 
 
 def _train(args) -> int:
-    from lsq.train import fit, warm_compile_cache
+    from lsq.train import fit, fit_after_baseline, warm_compile_cache
 
     config = _config_from_args(args)
     if args.print_config:
@@ -85,8 +89,9 @@ def _train(args) -> int:
     if args.warm_compile_cache:
         warm_compile_cache(config, args.runs_dir)
         return 0
+    train = fit_after_baseline if args.wait_for_baseline else fit
     try:
-        fit(config, args.runs_dir, progress=not args.no_progress)
+        train(config, args.runs_dir, progress=not args.no_progress)
     finally:
         import torch.distributed as dist
 

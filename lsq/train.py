@@ -14,6 +14,8 @@ with bit-identical metrics on the CPU. ``summary.json`` is written last; its pre
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import os
@@ -31,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from lsq import rundir
+from lsq import rundir, runlock
 from lsq.config import RunConfig
 from lsq.convert import is_step_size, quantize_model, quantizers
 from lsq.experiments import get_table
@@ -409,6 +411,17 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     is_main = rank == 0
+    # Rank 0 alone writes the run directory, so it alone holds the run's lock.
+    with runlock.holding(run_dir) if is_main else contextlib.nullcontext():
+        return _train_run(config, runs_dir, run_dir, device, rank, world_size,
+                          progress=progress, log=log)
+
+
+def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.device, rank: int,
+               world_size: int, *, progress: bool, log) -> dict:
+    """``fit`` once the run is known to need training and this process may train it."""
+    is_main = rank == 0
+    summary_path = run_dir / rundir.SUMMARY
     float_state = None if config.quant.is_float else _baseline_state(config, runs_dir)
     seed_everything(config.seed)
     run = _build(config, device, rank, world_size, float_state, progress=progress and is_main)
@@ -580,6 +593,43 @@ def warm_compile_cache(config: RunConfig, runs_dir: str | Path = "runs", *, log=
     log(f"{config.dataset}/{config.profile}/{config.run_name}: compile cache warmed in "
         f"{time.time() - started:.0f} s")
     return True
+
+
+# How long a row started beside its baseline waits for the baseline to start training: make -j
+# starts both at once, and the baseline's own start-up (imports, data) takes seconds to a minute.
+BASELINE_START_GRACE_SECONDS = 300.0
+
+
+def fit_after_baseline(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = True,
+                       log=print, grace_seconds: float = BASELINE_START_GRACE_SECONDS) -> dict:
+    """Start a quantized row while its float baseline is still training, then ``fit`` it.
+
+    The row warms torch.compile's cache (``warm_compile_cache``) and waits for the baseline's
+    ``summary.json``, so that once the baseline is done only loading it, calibration, the epoch-0
+    evaluation and a cached compile stand between it and the row's first step. Process start,
+    imports, data and the cold compile happen while the baseline trains. ``make -j`` does this
+    on CUDA. A baseline that stops without finishing, or does not start within
+    ``grace_seconds``, ends the wait with an error (``lsq.runlock``). The run itself is exactly
+    ``fit``'s, so its result is what the row would give started after the baseline.
+    """
+    if config.quant.is_float:
+        raise TrainingError("--wait-for-baseline is for the quantized rows 1-4; row 0 is the baseline")
+    runs_dir = Path(runs_dir)
+    baseline_dir = config.baseline().run_dir(runs_dir)
+    baseline_done = baseline_dir / rundir.SUMMARY
+    if not baseline_done.exists() and not (config.run_dir(runs_dir) / rundir.SUMMARY).exists():
+        warm_compile_cache(config, runs_dir, log=log)
+        gc.collect()  # the warm-up's model, data and CUDA graph
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log(f"{config.run_dir(runs_dir)}: waiting for the float baseline {baseline_dir}")
+        try:
+            waited = runlock.wait_until_finished(baseline_dir, baseline_done,
+                                                 grace_seconds=grace_seconds)
+        except runlock.BaselineFailedError as error:
+            raise TrainingError(f"the float baseline of this row: {error}") from None
+        log(f"{config.run_dir(runs_dir)}: baseline finished after {waited:.0f} s of waiting")
+    return fit(config, runs_dir, progress=progress, log=log)
 
 
 def _resume(checkpoint_path: Path, metrics_path: Path, model, optimizer, scheduler,

@@ -1,6 +1,6 @@
 """Rows trained side by side (``make -jN``): a quantized row's compile warm-up ahead of its float
-baseline (``lsq train --warm-compile-cache``), the run then compiling from the cache, and each
-process taking its share of the CPU cores."""
+baseline (``lsq train --warm-compile-cache``), the run then compiling from the cache, a row started
+beside its baseline (``--wait-for-baseline``), and each process taking its share of the cores."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+import time
 from pathlib import Path
 
 import pytest
@@ -64,29 +65,29 @@ def make_dry_run(*variables: str, runs: Path) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("variables, rows_warmed", [
+@pytest.mark.parametrize("variables, rows_early", [
     (["DEVICE=cuda"], [1, 2, 3, 4]),
     (["DEVICE=cuda:1"], [1, 2, 3, 4]),
     (["DEVICE=cuda", "WARM="], []),
     (["DEVICE=cpu"], []),
     (["DEVICE=cpu", "WARM=1"], [1, 2, 3, 4]),
 ])
-def test_make_warms_quantized_rows_on_cuda(tmp_path, variables, rows_warmed):
-    commands = make_dry_run(*variables, runs=tmp_path).splitlines()
-    warmed = [c for c in commands if "--warm-compile-cache" in c]
-    assert [int(c.split("--row ")[1].split()[0]) for c in warmed] == rows_warmed
-    assert all(" nice -n 10 " in c for c in warmed), "warm-ups yield the CPU to row 0"
-    trained = [c for c in commands if "--row " in c and "--warm-compile-cache" not in c]
-    assert len(trained) == 5
+def test_make_starts_quantized_rows_beside_row_0_on_cuda(tmp_path, variables, rows_early):
+    commands = [c for c in make_dry_run(*variables, runs=tmp_path).splitlines() if " -m lsq train " in c]
+    assert len(commands) == 5
+    early = [c for c in commands if "--wait-for-baseline" in c]
+    assert [int(c.split("--row ")[1].split()[0]) for c in early] == rows_early
+    assert all(" nice -n 10 " in c for c in early), "rows started early yield the CPU to row 0"
+    assert not any(" nice " in c for c in commands if c not in early)
 
 
-def test_make_does_not_warm_a_finished_row(tmp_path):
-    done = tmp_path / "synthetic" / "paper" / "row2" / "seed0"
-    done.mkdir(parents=True)
-    (done / "summary.json").write_text("{}")
-    commands = make_dry_run("DEVICE=cuda", runs=tmp_path)
-    assert "--row 2 --warm-compile-cache" not in commands
-    assert "--row 3 --warm-compile-cache" in commands
+@pytest.mark.parametrize("device, rows", [("cuda", [2]), ("cpu", [0, 2])])
+def test_a_row_started_early_does_not_make_row_0_first(tmp_path, device, rows):
+    target = tmp_path / "synthetic" / "paper" / "row2" / "seed0" / "summary.json"
+    result = subprocess.run(["make", "-n", str(target), "PROFILE=paper", f"RUNS={tmp_path}", f"DEVICE={device}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    trains = [c for c in result.stdout.splitlines() if " -m lsq train " in c]
+    assert [int(c.split("--row ")[1].split()[0]) for c in trains] == rows
 
 
 @pytest.mark.parametrize("jobs, expected", [("-j5", "LSQ_PARALLEL_RUNS=5 "), ("-j2", "LSQ_PARALLEL_RUNS=2 "),
@@ -139,3 +140,37 @@ def test_a_run_beside_others_equals_a_run_alone_with_its_thread_count(tmp_path):
     assert "1 threads" in shared["device"] and shared["device"] == alone["device"]
     for key in ("final_test_loss", "final_top1", "final_top5"):
         assert shared[key] == alone[key]
+
+
+def lsq_train(runs: Path, row: int, *extra: str, background: bool = False):
+    """A tiny synthetic run in its own process, one thread (the results compare across runs)."""
+    command = [sys.executable, "-m", "lsq", "train", "--dataset", "synthetic", "--row", str(row),
+               "--profile", "smoke", "--set", "data.train_subset=64", "--set", "data.test_subset=32",
+               "--batch-size", "16", "--epochs", "2", "--runs-dir", str(runs), "--no-progress", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LSQ_COMPILE": "0"}
+    if background:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def metrics(runs: Path, row: int) -> list[dict]:
+    path = runs / "synthetic" / "smoke" / f"row{row}" / "seed0" / "metrics.jsonl"
+    timing = {"epoch_seconds", "images_per_second", "startup_seconds"}
+    return [{k: v for k, v in json.loads(line).items() if k not in timing}
+            for line in path.read_text().splitlines()]
+
+
+def test_a_row_started_beside_its_baseline_equals_one_started_after_it(tmp_path):
+    early = tmp_path / "early"
+    waiting = lsq_train(early, 1, "--wait-for-baseline", background=True)
+    time.sleep(3)  # the row is up and waiting before its baseline starts
+    assert lsq_train(early, 0).returncode == 0
+    output, _ = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, output
+    assert "waiting for the float baseline" in output and "baseline finished after" in output
+
+    after = tmp_path / "after"
+    for row in (0, 1):
+        assert lsq_train(after, row).returncode == 0
+    assert metrics(early, 1) == metrics(after, 1)

@@ -1,0 +1,104 @@
+"""Run locks: one trainer per run, and a waiter that notices a baseline that died."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lsq import runlock
+from lsq.config import make_config
+from lsq.train import TrainingError, fit, fit_after_baseline
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_a_second_holder_is_refused_and_the_lock_frees_on_exit(tmp_path):
+    run = tmp_path / "run"
+    assert not runlock.is_running(run)
+    with runlock.holding(run):
+        assert runlock.is_running(run)
+        with pytest.raises(runlock.RunLockedError, match="being trained by another process"):
+            with runlock.holding(run):
+                pass
+    assert not runlock.is_running(run)
+    assert not run.exists(), "the lock lives outside the run directory"
+
+
+def test_fit_refuses_a_run_another_process_trains(tmp_path):
+    config = make_config("synthetic", 0, "smoke")
+    with runlock.holding(config.run_dir(tmp_path)):
+        with pytest.raises(runlock.RunLockedError):
+            fit(config, tmp_path, progress=False, log=lambda *_: None)
+    assert not any(tmp_path.rglob("*")), "nothing written by the refused run"
+
+
+def test_a_lock_held_by_a_killed_process_is_free(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from lsq import runlock\n"
+         "with runlock.holding(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(run)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert runlock.is_running(run)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=30)
+    assert not runlock.is_running(run)
+
+
+def hold_for(run: Path, seconds: float, then=None) -> threading.Thread:
+    """Another trainer, in a thread: holds ``run``'s lock for ``seconds``, then calls ``then``."""
+    held = threading.Event()
+
+    def body():
+        with runlock.holding(run):
+            held.set()
+            time.sleep(seconds)
+            if then is not None:
+                then()
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    held.wait(10)
+    return thread
+
+
+def test_the_wait_ends_when_the_run_finishes(tmp_path):
+    run, done = tmp_path / "row0", tmp_path / "row0" / "summary.json"
+    run.mkdir()
+    thread = hold_for(run, 0.5, then=lambda: done.write_text("{}"))
+    waited = runlock.wait_until_finished(run, done, grace_seconds=10, poll_seconds=0.05)
+    thread.join()
+    assert 0.3 < waited < 10
+
+
+def test_the_wait_fails_when_the_run_stops_unfinished(tmp_path):
+    run = tmp_path / "row0"
+    thread = hold_for(run, 0.3)
+    with pytest.raises(runlock.BaselineFailedError, match="stopped without finishing"):
+        runlock.wait_until_finished(run, run / "summary.json", grace_seconds=60, poll_seconds=0.05)
+    thread.join()
+
+
+def test_the_wait_fails_when_the_run_never_starts(tmp_path):
+    run = tmp_path / "row0"
+    started = time.monotonic()
+    with pytest.raises(runlock.BaselineFailedError, match="not being trained"):
+        runlock.wait_until_finished(run, run / "summary.json", grace_seconds=0.5, poll_seconds=0.05)
+    assert time.monotonic() - started < 5
+
+
+def test_waiting_for_a_missing_baseline_is_one_clear_error(tmp_path):
+    config = make_config("synthetic", 2, "smoke").with_overrides(
+        "data.train_subset=64", "data.test_subset=32", "optim.batch_size=32")
+    with pytest.raises(TrainingError, match="float baseline of this row: .* not being trained"):
+        fit_after_baseline(config, tmp_path, progress=False, log=lambda *_: None, grace_seconds=0.2)
+    assert not any(tmp_path.rglob("*")), "nothing written for the row"
+    with pytest.raises(TrainingError, match="row 0 is the baseline"):
+        fit_after_baseline(make_config("synthetic", 0, "smoke"), tmp_path, progress=False)
