@@ -580,7 +580,10 @@ def warm_compile_cache(config: RunConfig, runs_dir: str | Path = "runs", *, log=
     model, ctx = run.model, run.ctx
     if quantizers(model):
         calibrate(model, run.data.train, ctx)
-        evaluate(model, run.data.test, ctx)  # the eager LSQ kernels at the eval batch shapes
+        # As fit's epoch-0 record: the eager LSQ kernels at the eval batch shapes, and the
+        # integer codes behind the sparsity metrics.
+        evaluate(model, run.data.test, ctx)
+        _model_metrics(model)
     step = TrainStep(_wrap(model, True, device, 1), run.optimizer, ctx, eager_model=model)
     model.train()
     run.data.train.set_epoch(0)
@@ -593,6 +596,19 @@ def warm_compile_cache(config: RunConfig, runs_dir: str | Path = "runs", *, log=
     log(f"{config.dataset}/{config.profile}/{config.run_name}: compile cache warmed in "
         f"{time.time() - started:.0f} s")
     return True
+
+
+def warm_then_forget(config: RunConfig, runs_dir: str | Path, *, log=print) -> None:
+    """``warm_compile_cache``, then leave this process as a fresh one would be, but with the
+    imports, CUDA context and Triton kernels loaded: the warm-up's model, data and CUDA graph
+    freed, and dynamo's in-memory state (compiled code for the warm-up's modules, the shapes it
+    saw) reset, so that the run compiles the same graphs a fresh process would, from the cache.
+    """
+    warm_compile_cache(config, runs_dir, log=log)
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # How long a row started beside its baseline waits for the baseline to start training: make -j
@@ -618,10 +634,7 @@ def fit_after_baseline(config: RunConfig, runs_dir: str | Path = "runs", *, prog
     baseline_dir = config.baseline().run_dir(runs_dir)
     baseline_done = baseline_dir / rundir.SUMMARY
     if not baseline_done.exists() and not (config.run_dir(runs_dir) / rundir.SUMMARY).exists():
-        warm_compile_cache(config, runs_dir, log=log)
-        gc.collect()  # the warm-up's model, data and CUDA graph
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        warm_then_forget(config, runs_dir, log=log)
         log(f"{config.run_dir(runs_dir)}: waiting for the float baseline {baseline_dir}")
         try:
             waited = runlock.wait_until_finished(baseline_dir, baseline_done,

@@ -29,24 +29,57 @@ def small_config(row: int, **changes):
                    **changes)
 
 
+# Each step in a fresh process, as make runs them: in one process, dynamo's memory of earlier
+# compiles (other tests' too) would change what the second compile asks the cache for.
+CACHE_DRIVER = """
+import json, sys
+from dataclasses import replace
+from torch._dynamo.utils import counters
+from lsq.config import make_config
+from lsq.train import fit, warm_compile_cache, warm_then_forget
+
+step, runs, layout = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+small = json.loads(sys.argv[4])
+def config(row, **changes):
+    return replace(make_config("synthetic", row, "smoke").with_overrides(*small), device="cpu",
+                   **layout, **changes)
+if step == "warm":
+    assert warm_compile_cache(config(4, compile_model=True), runs, log=print)
+elif step == "baseline":
+    fit(config(0), runs, progress=False, log=print)
+else:
+    if step == "warm-then-run":  # what lsq train --wait-for-baseline does in one process
+        warm_then_forget(config(4, compile_model=True), runs, log=print)
+        counters.clear()
+    assert fit(config(4, compile_model=True), runs, progress=False, log=print)["compiled"]
+    print("INDUCTOR", json.dumps(dict(counters["inductor"])))
+"""
+
+
 @pytest.mark.skipif(not cxx_compiler_available(), reason="torch.compile needs a C++ compiler on the CPU")
-@pytest.mark.parametrize("layout", [dict(), dict(amp=True, channels_last=True)], ids=["fp32", "bf16-nhwc"])
-def test_run_after_warm_up_compiles_from_the_cache(tmp_path, monkeypatch, layout):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    runs, log = tmp_path / "runs", []
-    row4 = small_config(4, compile_model=True, **layout)
+@pytest.mark.parametrize("layout, steps", [
+    (dict(), ("warm", "baseline", "run")),
+    (dict(amp=True, channels_last=True), ("warm", "baseline", "run")),
+    (dict(amp=True, channels_last=True), ("baseline", "warm-then-run")),
+], ids=["fp32", "bf16-nhwc", "bf16-nhwc-one-process"])
+def test_run_after_warm_up_compiles_from_the_cache(tmp_path, layout, steps):
+    runs = tmp_path / "runs"
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
 
-    assert warm_compile_cache(row4, runs, log=log.append) is True
-    assert not runs.exists(), "the warm-up writes no run directory and needs no baseline"
-    assert "compile cache warmed" in log[-1]
+    def step(name: str) -> str:
+        result = subprocess.run([sys.executable, "-c", CACHE_DRIVER, name, str(runs), json.dumps(layout),
+                                 json.dumps(SMALL)], cwd=REPO, env=env, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
 
-    fit(small_config(0, **layout), runs, progress=False, log=log.append)
-    torch._dynamo.reset()  # forget the warm-up's in-process compiles: only the disk cache is left
-    counters.clear()
-    summary = fit(row4, runs, progress=False, log=log.append)
-    assert summary["compiled"] is True
-    assert counters["inductor"]["fxgraph_cache_miss"] == 0, dict(counters["inductor"])
-    assert counters["inductor"]["fxgraph_cache_hit"] >= 2  # the training step's forward and backward
+    outputs = {name: step(name) for name in steps}
+    if "warm" in outputs:
+        assert "compile cache warmed" in outputs["warm"]
+        assert not runs.exists(), "the warm-up writes no run directory and needs no baseline"
+    inductor = json.loads(outputs[steps[-1]].split("INDUCTOR ", 1)[1])
+    assert inductor.get("fxgraph_cache_miss", 0) == 0, inductor
+    assert inductor["fxgraph_cache_hit"] >= 2  # the training step's forward and backward
 
 
 def test_warm_up_skips_finished_and_uncompiled_runs(tmp_path):
