@@ -386,8 +386,10 @@ def _distributed_context() -> tuple[int, int]:
 
 
 def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = True,
-        log=print) -> dict:
-    """Train (or resume, or skip if done) one run; returns its summary."""
+        log=print, start_waited: tuple[float, float] | None = None) -> dict:
+    """Train (or resume, or skip if done) one run; returns its summary. ``start_waited``:
+    (when, seconds) this process stopped waiting for its baseline (``fit_after_baseline``):
+    its start-up is then counted from there, and the wait recorded beside it."""
     runs_dir = Path(runs_dir)
     run_dir = config.run_dir(runs_dir)
     summary_path = run_dir / rundir.SUMMARY
@@ -414,11 +416,12 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
     # Rank 0 alone writes the run directory, so it alone holds the run's lock.
     with runlock.holding(run_dir) if is_main else contextlib.nullcontext():
         return _train_run(config, runs_dir, run_dir, device, rank, world_size,
-                          progress=progress, log=log)
+                          progress=progress, log=log, start_waited=start_waited)
 
 
 def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.device, rank: int,
-               world_size: int, *, progress: bool, log) -> dict:
+               world_size: int, *, progress: bool, log,
+               start_waited: tuple[float, float] | None) -> dict:
     """``fit`` once the run is known to need training and this process may train it."""
     is_main = rank == 0
     summary_path = run_dir / rundir.SUMMARY
@@ -468,8 +471,11 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
                              started_at)
 
     # What this process spent before its first step (imports, data, model, calibration, the
-    # epoch-0 evaluation): the cost of starting a run, which epoch_seconds never sees.
-    startup_seconds = process_age_seconds()
+    # epoch-0 evaluation): the cost of starting a run, which epoch_seconds never sees. A row that
+    # started beside its baseline counts from the end of its wait: the rest overlapped row 0.
+    startup = ({"startup_seconds": time.time() - start_waited[0],
+                "baseline_wait_seconds": start_waited[1]} if start_waited is not None else
+               {"startup_seconds": process_age_seconds()})
     for epoch in range(start_epoch, config.optim.epochs):
         epoch_start = time.time()
         lr = optimizer.param_groups[0]["lr"]
@@ -483,8 +489,8 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
         epoch_seconds = time.time() - epoch_start
         record = _epoch_record(epoch + 1, lr, train_metrics, test_metrics, model, epoch_seconds,
                                train_metrics["train_images"] / max(train_seconds, 1e-9))
-        if epoch == start_epoch and startup_seconds is not None:
-            record["startup_seconds"] = startup_seconds
+        if epoch == start_epoch and startup["startup_seconds"] is not None:
+            record.update(startup)
         if is_main:
             rundir.append_metrics(metrics_path, record)
             wall = wall_before + time.time() - started
@@ -633,6 +639,7 @@ def fit_after_baseline(config: RunConfig, runs_dir: str | Path = "runs", *, prog
     runs_dir = Path(runs_dir)
     baseline_dir = config.baseline().run_dir(runs_dir)
     baseline_done = baseline_dir / rundir.SUMMARY
+    start_waited = None
     if not baseline_done.exists() and not (config.run_dir(runs_dir) / rundir.SUMMARY).exists():
         warm_then_forget(config, runs_dir, log=log)
         log(f"{config.run_dir(runs_dir)}: waiting for the float baseline {baseline_dir}")
@@ -642,7 +649,8 @@ def fit_after_baseline(config: RunConfig, runs_dir: str | Path = "runs", *, prog
         except runlock.BaselineFailedError as error:
             raise TrainingError(f"the float baseline of this row: {error}") from None
         log(f"{config.run_dir(runs_dir)}: baseline finished after {waited:.0f} s of waiting")
-    return fit(config, runs_dir, progress=progress, log=log)
+        start_waited = (time.time(), waited)
+    return fit(config, runs_dir, progress=progress, log=log, start_waited=start_waited)
 
 
 def _resume(checkpoint_path: Path, metrics_path: Path, model, optimizer, scheduler,

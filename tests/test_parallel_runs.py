@@ -73,11 +73,12 @@ def test_run_after_warm_up_compiles_from_the_cache(tmp_path, layout, steps):
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
-    outputs = {name: step(name) for name in steps}
-    if "warm" in outputs:
-        assert "compile cache warmed" in outputs["warm"]
-        assert not runs.exists(), "the warm-up writes no run directory and needs no baseline"
-    inductor = json.loads(outputs[steps[-1]].split("INDUCTOR ", 1)[1])
+    for name in steps:
+        output = step(name)
+        if name == "warm":
+            assert "compile cache warmed" in output
+            assert not runs.exists(), "the warm-up writes no run directory and needs no baseline"
+    inductor = json.loads(output.split("INDUCTOR ", 1)[1])
     assert inductor.get("fxgraph_cache_miss", 0) == 0, inductor
     assert inductor["fxgraph_cache_hit"] >= 2  # the training step's forward and backward
 
@@ -189,7 +190,7 @@ def lsq_train(runs: Path, row: int, *extra: str, background: bool = False):
 
 def metrics(runs: Path, row: int) -> list[dict]:
     path = runs / "synthetic" / "smoke" / f"row{row}" / "seed0" / "metrics.jsonl"
-    timing = {"epoch_seconds", "images_per_second", "startup_seconds"}
+    timing = {"epoch_seconds", "images_per_second", "startup_seconds", "baseline_wait_seconds"}
     return [{k: v for k, v in json.loads(line).items() if k not in timing}
             for line in path.read_text().splitlines()]
 
@@ -207,3 +208,9 @@ def test_a_row_started_beside_its_baseline_equals_one_started_after_it(tmp_path)
     for row in (0, 1):
         assert lsq_train(after, row).returncode == 0
     assert metrics(early, 1) == metrics(after, 1)
+    first = json.loads((early / "synthetic" / "smoke" / "row1" / "seed0" / "metrics.jsonl")
+                       .read_text().splitlines()[1])
+    # Its start-up counts from the end of the wait, which lasted while row 0 started and trained
+    # (the 3 s sleep and more); counted from the process start it would exceed the wait.
+    assert first["baseline_wait_seconds"] > 3
+    assert 0 < first["startup_seconds"] < first["baseline_wait_seconds"]
