@@ -289,14 +289,21 @@ def train_one_epoch(model, loader, optimizer, scheduler, epoch: int, ctx: Contex
 
 
 @torch.no_grad()
-def evaluate(model, loader, ctx: Context) -> dict:
+def evaluate(model, loader, ctx: Context, eager_model: nn.Module | None = None) -> dict:
+    """Test loss, top-1 and top-5 over ``loader``. ``eager_model``: the plain module behind a
+    compiled ``model``, for a last batch of another size (the compiled one would recompile)."""
     model.eval()
+    if eager_model is not None:
+        eager_model.eval()
     loader.set_epoch(0)
     totals = torch.zeros(4, device=ctx.device, dtype=torch.float64)  # loss, top1, top5, n
+    full_batch = None
     for images, labels in loader:
         images = ctx.prepare(images)
+        full_batch = full_batch or images.shape[0]
+        forward = model if eager_model is None or images.shape[0] == full_batch else eager_model
         with ctx.autocast():
-            logits = model(images)
+            logits = forward(images)
         totals[0] += F.cross_entropy(logits.float(), labels, reduction="sum").double()
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top5 == labels[:, None]
@@ -451,6 +458,7 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
             log(f"{run_dir}: resuming after epoch {start_epoch}")
     # After calibration: DDP broadcasts rank 0's step sizes with every other parameter.
     train_model = _wrap(model, compile_model, device, world_size)
+    eval_model = _eval_model(model, compile_model, device)
     step = TrainStep(train_model, optimizer, ctx, eager_model=model)
     if is_main and device.type == "cuda":
         log(f"CUDA fast path: torch.compile {'on' if compile_model else 'off'}, CUDA graphs "
@@ -463,7 +471,7 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
         if quantizers(model) or config.optim.epochs == 0:
             # Epoch 0: the converted, initialised model before any step (or a pretrained float).
             record = _epoch_record(0, optimizer.param_groups[0]["lr"], None,
-                                   evaluate(model, data.test, ctx), model, 0.0, None)
+                                   evaluate(eval_model, data.test, ctx, model), model, 0.0, None)
             if is_main:
                 rundir.append_metrics(metrics_path, record)
         if is_main:
@@ -483,9 +491,8 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
                                         step)
         train_seconds = time.time() - epoch_start
         check_step_sizes(model, epoch + 1)
-        # The plain module: evaluation needs no DDP, and a compiled model would compile again
-        # for eval mode and the eval batch size.
-        test_metrics = evaluate(model, data.test, ctx)
+        # Evaluation needs no DDP: the plain module, or its own compiled wrapper.
+        test_metrics = evaluate(eval_model, data.test, ctx, model)
         epoch_seconds = time.time() - epoch_start
         record = _epoch_record(epoch + 1, lr, train_metrics, test_metrics, model, epoch_seconds,
                                train_metrics["train_images"] / max(train_seconds, 1e-9))
@@ -586,9 +593,9 @@ def warm_compile_cache(config: RunConfig, runs_dir: str | Path = "runs", *, log=
     model, ctx = run.model, run.ctx
     if quantizers(model):
         calibrate(model, run.data.train, ctx)
-        # As fit's epoch-0 record: the eager LSQ kernels at the eval batch shapes, and the
-        # integer codes behind the sparsity metrics.
-        evaluate(model, run.data.test, ctx)
+        # As fit's epoch-0 record: the evaluation's graphs (and the eager LSQ kernels of a last
+        # batch of another size), and the integer codes behind the sparsity metrics.
+        evaluate(_eval_model(model, True, device), run.data.test, ctx, model)
         _model_metrics(model)
     step = TrainStep(_wrap(model, True, device, 1), run.optimizer, ctx, eager_model=model)
     model.train()
@@ -708,6 +715,18 @@ def resolve_fast_path(config: RunConfig, device: torch.device, world_size: int,
                                 "drop the flag")
         compile_model = False  # auto: quietly eager where the compiler cannot run
     return compile_model, cuda_graphs
+
+
+def _eval_model(model: nn.Module, compile_model: bool, device: torch.device) -> nn.Module:
+    """The module evaluation runs: compiled along with the training step, except a float model
+    on CUDA. Eager evaluation of a quantized model pays two kernel calls per quantizer and
+    batch; compiled, ResNet-20 row 4 evaluates 1.6-2.4x faster on the 2-core development CPU,
+    float 1.2-1.6x (``benchmarks/eval_time.py``; README, "Benchmarks"). On an H200 the eager
+    float evaluation took 0.09 s per epoch, less than its compile would add to row 0, which the
+    whole table waits for."""
+    if not compile_model or (device.type == "cuda" and not quantizers(model)):
+        return model
+    return torch.compile(model)
 
 
 def _wrap(model: nn.Module, compile_model: bool, device: torch.device, world_size: int) -> nn.Module:

@@ -16,6 +16,7 @@ import yaml
 
 from lsq import rundir
 from lsq.config import ConfigError, RunConfig, make_config
+from lsq.quantizer import cxx_compiler_available
 from lsq.train import lr_factor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -251,3 +252,46 @@ def test_resume_may_change_where_a_run_executes_but_not_what_it_computes(tmp_pat
     _check_same_config(directory, moved)  # same results: allowed
     with pytest.raises(TrainingError, match="another configuration"):
         _check_same_config(directory, config.with_overrides("optim.lr=0.5"))
+
+
+def test_evaluation_compiles_with_the_run_except_a_float_model_on_cuda():
+    from lsq.models import build_model
+    from lsq.train import _eval_model
+
+    float_model = build_model("resnet20", num_classes=10, in_channels=3)
+    assert _eval_model(float_model, False, torch.device("cpu")) is float_model
+    assert _eval_model(float_model, True, torch.device("cuda")) is float_model  # nothing compiles yet
+    assert isinstance(_eval_model(float_model, True, torch.device("cpu")), torch._dynamo.eval_frame.OptimizedModule)
+    quantized = make_config("synthetic", 4, "smoke")
+    from lsq.train import build_run_model
+    assert isinstance(_eval_model(build_run_model(quantized), True, torch.device("cuda")),
+                      torch._dynamo.eval_frame.OptimizedModule)
+
+
+@pytest.mark.skipif(not cxx_compiler_available(), reason="torch.compile needs a C++ compiler on the CPU")
+def test_compiled_evaluation_matches_eager_and_runs_an_odd_last_batch_eagerly():
+    from dataclasses import replace
+
+    from lsq.train import _build, _eval_model, calibrate, evaluate
+
+    config = replace(make_config("synthetic", 4, "smoke").with_overrides(
+        "data.train_subset=64", "data.test_subset=40", "optim.eval_batch_size=16"), device="cpu")
+    cpu = torch.device("cpu")
+    run = _build(config, cpu, 0, 1, None, progress=False)
+    calibrate(run.model, run.data.train, run.ctx)
+    eager = evaluate(run.model, run.data.test, run.ctx)
+
+    class Spy(torch.nn.Module):  # the eager model, recording the batches it is given
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.sizes = inner, []
+
+        def forward(self, images):
+            self.sizes.append(images.shape[0])
+            return self.inner(images)
+
+    spy = Spy(run.model)
+    compiled = evaluate(_eval_model(run.model, True, cpu), run.data.test, run.ctx, spy)
+    assert spy.sizes == [8], "batches of 16, 16 and 8: only the 8 runs eagerly"
+    assert compiled["test_loss"] == pytest.approx(eager["test_loss"], rel=1e-4)
+    assert abs(compiled["test_top1"] - eager["test_top1"]) <= 100 / 40  # at most one image flips
