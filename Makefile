@@ -34,11 +34,9 @@ fashion-mnist_PROFILE := quick
 synthetic_PROFILE     := smoke
 
 # make -jN runs N trainings at once: each takes 1/N of the CPU cores (lsq.train.share_cpu_threads).
-# $(1): a command prefix (the warm-ups' nice).
-train = LSQ_PARALLEL_RUNS=$(patsubst -j%,%,$(filter -j%,$(MAKEFLAGS))) \
-        $(1) $(PY) -m lsq train --device $(DEVICE) --runs-dir $(RUNS) --no-progress \
+TRAIN = LSQ_PARALLEL_RUNS=$(patsubst -j%,%,$(filter -j%,$(MAKEFLAGS))) \
+        $(PY) -m lsq train --device $(DEVICE) --runs-dir $(RUNS) --no-progress \
         $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(TRAIN_ARGS)
-TRAIN = $(call train,)
 
 ##@ Setup
 .PHONY: help setup
@@ -78,11 +76,11 @@ setup: $(STAMP) ## create .venv/ and install the project (torch, torchvision, pa
 # decides), whatever the files' times say after a checkout.
 define RUN_RULE
 $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(if $(call early,$(4)),,$(if $(filter-out 0,$(4)),$(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json))
-	$$(call train,$(if $(call early,$(4)),nice -n 10)) --dataset $(1) --profile $(2) --seed $(3) --row $(4) $(if $(call early,$(4)),--wait-for-baseline)
+	$$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4) $(if $(call early,$(4)),--wait-for-baseline)
 endef
 # With WARM, a quantized row starts beside its float baseline instead of after it: it warms its
 # compile and waits for row 0's summary.json inside the process (lsq train --wait-for-baseline),
-# niced so that row 0, which the table waits for, keeps the CPU first.
+# at a lower CPU priority meanwhile, so that row 0, which the table waits for, keeps the CPU.
 early = $(and $(WARM),$(filter-out 0,$(1)))
 # $(1) dataset, $(2) profile, $(3) seed, $(4) row, $(5) ablation
 define ABLATION_RULE

@@ -105,13 +105,16 @@ else  # no make on this machine: the same schedule in bash
             $FAST --dataset synthetic --profile $PROFILE --seed 0 "$@"; }
   export -f train; export RUNS DEVICE FAST PROFILE
   LSQ_DEBUG=1 LSQ_PARALLEL_RUNS=5 timeout "$TABLE_SECONDS" bash -c 'train --row 0 & for r in 1 2 3 4; do
-    nice -n 10 bash -c "train --row $r --wait-for-baseline" & done; wait' >"$RUNS/make.log" 2>&1
+    train --row $r --wait-for-baseline & done; wait' >"$RUNS/make.log" 2>&1
 fi
 table_rc=$?
 table_wall=$(( $(date +%s) - start ))
 grep -v "^W11[0-9][0-9] \|^  " "$RUNS/make.log" | grep -v "epoch [0-9]*/" | tail -n 20 | tee -a "$LOG"
 say "table: exit $table_rc, ${table_wall} s wall (limit ${TABLE_SECONDS} s), MPS $mps_state"
-[ "$mps_state" = on ] && { echo quit | "$MPS_CONTROL"; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; }
+if [ "$mps_state" = on ]; then  # the benches after the table run without it
+  echo quit | "$MPS_CONTROL"; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+  trap 'kill $SAMPLER 2>/dev/null' EXIT
+fi
 unset TORCHINDUCTOR_CACHE_DIR
 python3 -c "import sys; from lsq.report.speed import table_timings
 print(table_timings(sys.argv[1]).to_string(index=False))" "$(dirname "$WORK")" 2>&1 | tee -a "$LOG"
