@@ -652,9 +652,10 @@ def fit_after_baseline(config: RunConfig, runs_dir: str | Path = "runs", *, prog
     ``summary.json``, so that once the baseline is done only loading it, calibration, the epoch-0
     evaluation and a cached compile stand between it and the row's first step. Process start,
     imports, data and the cold compile happen while the baseline trains, at a lower CPU
-    priority than the baseline. ``make -j`` does this on CUDA. A baseline that stops without finishing, or does not start within
-    ``grace_seconds``, ends the wait with an error (``lsq.runlock``). The run itself is exactly
-    ``fit``'s, so its result is what the row would give started after the baseline.
+    priority than the baseline. ``make -j`` does this on CUDA. A baseline that stops without
+    finishing, or does not start within ``grace_seconds``, ends the wait with an error
+    (``lsq.runlock``). The run itself is exactly ``fit``'s, so its result is what the row would
+    give started after the baseline.
     """
     if config.quant.is_float:
         raise TrainingError("--wait-for-baseline is for the quantized rows 1-4; row 0 is the baseline")

@@ -8,17 +8,18 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from torch._dynamo.utils import counters
 
 from lsq.config import make_config
 from lsq.quantizer import cxx_compiler_available
 from lsq.train import fit, share_cpu_threads, warm_compile_cache
+
+from test_train import lsq_cli
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ("data.train_subset=64", "data.test_subset=32", "optim.batch_size=32", "optim.epochs=1")
@@ -153,13 +154,14 @@ def test_parallel_runs_share_the_cores(monkeypatch, restore_threads, environ, ex
     assert torch.get_num_threads() == (expected or 1)
 
 
+TINY = ("--dataset", "synthetic", "--profile", "smoke", "--set", "data.train_subset=64",
+        "--set", "data.test_subset=32", "--batch-size", "16")
+
+
 def train_alone(runs: Path, **env) -> dict:
     """A tiny float run in its own process, with ``env`` instead of the suite's thread setting."""
-    base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "LSQ_PARALLEL_RUNS")}
-    subprocess.run([sys.executable, "-m", "lsq", "train", "--dataset", "synthetic", "--row", "0",
-                    "--profile", "smoke", "--set", "data.train_subset=64", "--set", "data.test_subset=32",
-                    "--batch-size", "16", "--runs-dir", str(runs), "--no-progress"],
-                   cwd=REPO, env={**base, **env}, check=True, capture_output=True, timeout=300)
+    lsq_cli("train", *TINY, "--row", "0", runs_dir=runs,
+            env={"OMP_NUM_THREADS": None, "LSQ_PARALLEL_RUNS": None, **env})
     return json.loads((runs / "synthetic" / "smoke" / "row0" / "seed0" / "summary.json").read_text())
 
 
@@ -176,14 +178,9 @@ def test_a_run_beside_others_equals_a_run_alone_with_its_thread_count(tmp_path):
 
 def lsq_train(runs: Path, row: int, *extra: str, background: bool = False):
     """A tiny synthetic run in its own process, one thread (the results compare across runs)."""
-    command = [sys.executable, "-m", "lsq", "train", "--dataset", "synthetic", "--row", str(row),
-               "--profile", "smoke", "--set", "data.train_subset=64", "--set", "data.test_subset=32",
-               "--batch-size", "16", "--epochs", "2", "--runs-dir", str(runs), "--no-progress", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LSQ_COMPILE": "0", "PYTHONUNBUFFERED": "1"}
-    if background:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return lsq_cli("train", *TINY, "--epochs", "2", "--row", str(row), *extra, runs_dir=runs,
+                   env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}, check=False,
+                   background=background)
 
 
 def metrics(runs: Path, row: int) -> list[dict]:

@@ -26,7 +26,9 @@ SUMMARY_VOLATILE = {"wall_seconds", "started_at", "finished_at", "hostname", "gi
 
 def lsq_cli(*args, runs_dir: Path, env: dict | None = None, check: bool = True, **popen):
     command = [sys.executable, "-m", "lsq", *args, "--runs-dir", str(runs_dir), "--no-progress"]
-    full_env = {**os.environ, "LSQ_COMPILE": "0", **(env or {})}
+    # A value of None removes the variable (e.g. the suite's OMP_NUM_THREADS).
+    full_env = {k: v for k, v in {**os.environ, "LSQ_COMPILE": "0", **(env or {})}.items()
+                if v is not None}
     if popen.pop("background", False):
         return subprocess.Popen(command, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
