@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -37,7 +38,7 @@ import json, sys
 from dataclasses import replace
 from torch._dynamo.utils import counters
 from lsq.config import make_config
-from lsq.train import fit, warm_compile_cache, warm_then_forget
+from lsq.train import fit, warm_and_keep_compiled, warm_compile_cache
 
 step, runs, layout = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 small = json.loads(sys.argv[4])
@@ -50,10 +51,11 @@ elif step == "baseline":
     fit(config(0), runs, progress=False, log=print)
 else:
     if step == "warm-then-run":  # what lsq train --wait-for-baseline does in one process
-        warm_then_forget(config(4, compile_model=True), runs, log=print)
+        warm_and_keep_compiled(config(4, compile_model=True), runs, log=print)
         counters.clear()
     assert fit(config(4, compile_model=True), runs, progress=False, log=print)["compiled"]
     print("INDUCTOR", json.dumps(dict(counters["inductor"])))
+    print("DYNAMO", json.dumps(dict(counters["stats"])))
 """
 
 
@@ -79,7 +81,18 @@ def test_run_after_warm_up_compiles_from_the_cache(tmp_path, layout, steps):
         if name == "warm":
             assert "compile cache warmed" in output
             assert not runs.exists(), "the warm-up writes no run directory and needs no baseline"
-    inductor = json.loads(output.split("INDUCTOR ", 1)[1])
+    inductor = json.loads(output.split("INDUCTOR ", 1)[1].splitlines()[0])
+    if steps[-1] == "warm-then-run":
+        # The warm-up's compiled code serves the run itself: nothing traced, nothing loaded.
+        assert json.loads(output.split("DYNAMO ", 1)[1]).get("unique_graphs", 0) == 0, output
+        assert not inductor, inductor
+        # ... and it trains as a run in a fresh process, whose graphs come from the cache.
+        fresh = tmp_path / "fresh"
+        shutil.copytree(runs / "synthetic" / "smoke" / "row0", fresh / "synthetic" / "smoke" / "row0")
+        runs, kept = fresh, runs
+        output = step("run")
+        inductor = json.loads(output.split("INDUCTOR ", 1)[1].splitlines()[0])
+        assert metrics(kept, 4) == metrics(fresh, 4)
     assert inductor.get("fxgraph_cache_miss", 0) == 0, inductor
     assert inductor["fxgraph_cache_hit"] >= 2  # the training step's forward and backward
 
