@@ -629,18 +629,33 @@ def warm_and_keep_compiled(config: RunConfig, runs_dir: str | Path, *, log=print
         torch.cuda.empty_cache()
 
 
+def _process_threads() -> list[int]:
+    """This process's thread ids (Linux), else 0 for the calling thread."""
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
 @contextlib.contextmanager
 def lower_cpu_priority(steps: int = 10):
     """Run the block ``steps`` nice levels lower, then return to the old priority where the OS
     allows it (raising priority back needs root, as on the lent GPU machines; otherwise the
-    process stays lower, like under ``nice``)."""
-    before = os.getpriority(os.PRIO_PROCESS, 0)
-    os.setpriority(os.PRIO_PROCESS, 0, min(before + steps, 19))
+    process stays lower, like under ``nice``). Linux keeps a nice value per thread, so every
+    thread of the process is lowered (torch's OpenMP pool included), not just the caller; threads
+    started inside the block inherit the lower value and are restored with the rest."""
+    main = os.getpriority(os.PRIO_PROCESS, 0)
+    before = {}
+    for tid in _process_threads():
+        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+            before[tid] = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(before[tid] + steps, 19))
     try:
         yield
     finally:
-        with contextlib.suppress(PermissionError):
-            os.setpriority(os.PRIO_PROCESS, 0, before)
+        for tid in _process_threads():
+            with contextlib.suppress(PermissionError, ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, tid, before.get(tid, main))
 
 
 # How long a row started beside its baseline waits for the baseline to start training: make -j

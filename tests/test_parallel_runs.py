@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -233,10 +234,37 @@ def test_a_row_started_beside_its_baseline_equals_one_started_after_it(tmp_path)
 def test_waiting_runs_at_a_lower_priority_then_returns_where_allowed():
     from lsq.train import lower_cpu_priority
 
-    before = os.getpriority(os.PRIO_PROCESS, 0)
+    def nice(thread: int = 0) -> int:
+        return os.getpriority(os.PRIO_PROCESS, thread)
+
+    before = nice()
     if before > 9:
         pytest.skip("already at low priority")
+    # Linux keeps nice values per thread: a thread started before the block (as torch's OpenMP
+    # pool is) must be lowered too, and one started inside it restored with the rest.
+    stop, ids = threading.Event(), {}
+
+    def worker(name: str) -> None:
+        ids[name] = threading.get_native_id()
+        stop.wait()
+
+    older = threading.Thread(target=worker, args=("older",))
+    older.start()
+    while "older" not in ids:
+        time.sleep(0.01)
     with lower_cpu_priority():
-        assert os.getpriority(os.PRIO_PROCESS, 0) == before + 10
+        assert nice() == before + 10
+        assert nice(ids["older"]) == before + 10
+        newer = threading.Thread(target=worker, args=("newer",))
+        newer.start()
+        while "newer" not in ids:
+            time.sleep(0.01)
+        assert nice(ids["newer"]) == before + 10
     # Raising priority needs root; elsewhere the process stays lower, as under nice.
-    assert os.getpriority(os.PRIO_PROCESS, 0) == (before if os.geteuid() == 0 else before + 10)
+    after = before if os.geteuid() == 0 else before + 10
+    try:
+        assert [nice(), nice(ids["older"]), nice(ids["newer"])] == [after] * 3
+    finally:
+        stop.set()
+        older.join()
+        newer.join()
