@@ -75,13 +75,16 @@ setup: $(STAMP) ## create .venv/ and install the project (torch, torchvision, pa
 # prerequisite (unless WARM, below): a run is done when its summary.json exists (lsq train
 # decides), whatever the files' times say after a checkout.
 define RUN_RULE
-$(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(if $(call early,$(4)),,$(if $(filter-out 0,$(4)),$(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json))
-	$$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4) $(if $(call early,$(4)),--wait-for-baseline)
+$(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(if $(call early,$(1),$(4)),,$(if $(filter-out 0,$(4)),$(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json))
+	$$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4) $(if $(call early,$(1),$(4)),--wait-for-baseline)
 endef
 # With WARM, a quantized row starts beside its float baseline instead of after it: it warms its
 # compile and waits for row 0's summary.json inside the process (lsq train --wait-for-baseline),
 # at a lower CPU priority meanwhile, so that row 0, which the table waits for, keeps the CPU.
-early = $(and $(WARM),$(filter-out 0,$(1)))
+# Only where this make builds row 0 too (the dataset's table, or the ablations, which need it):
+# a single row's summary.json as the goal builds its baseline first, as without WARM.
+# $(1) dataset, $(2) row
+early = $(and $(WARM),$(filter-out 0,$(2)),$(filter $(1) ablations,$(MAKECMDGOALS)))
 # $(1) dataset, $(2) profile, $(3) seed, $(4) row, $(5) ablation
 define ABLATION_RULE
 $(RUNS)/$(1)/$(2)/row$(4)-$(5)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json
