@@ -1,4 +1,4 @@
-"""Command line: ``python -m lsq {train,report,export,bench,check-data} ...``.
+"""Command line: ``python -m lsq {train,report,export,bench,check-data,compare-runs} ...``.
 
 Thin by design: parse, build a config, call one function. Bad input ends with one ``error:`` line
 naming the problem and the fix, and exit status 2 (``LSQ_DEBUG=1`` shows the traceback).
@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHES), add_help=False)
     p.add_argument("name", choices=BENCHES)
 
+    sub.add_parser("compare-runs", help="compare the results of two trees of runs (reproducibility)",
+                   add_help=False)
+
     p = sub.add_parser("check-data", help="check that a dataset is where training expects it")
     p.add_argument("--dataset", required=True, choices=sorted(TABLES))
     p.add_argument("--data-dir")
@@ -142,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from lsq.report import main as report_main
             return report_main(rest)
+        if args.command == "compare-runs":
+            from lsq.compare import main as compare_main
+            return compare_main(rest)
         if args.command == "bench":
             import importlib
             return importlib.import_module(f"lsq.bench.{args.name}").main(rest)

@@ -101,6 +101,13 @@ class RunConfig:
         """``<runs>/<dataset>/<profile>/row<k>[-<ablation>]/seed<s>``."""
         return Path(runs_dir) / self.dataset / self.profile / self.run_name / f"seed{self.seed}"
 
+    def result_defining(self) -> "RunConfig":
+        """This config without where and how the run executes (device, compilation, CUDA graphs,
+        data location, loader workers, download): what may change between an interrupted run
+        and its resume, or between a run and its reproduction, without changing its result."""
+        return replace(self, device="auto", compile_model=None, cuda_graphs=None,
+                       data=replace(self.data, data_dir=None, workers=0, download=False))
+
     def baseline(self) -> "RunConfig":
         """The float run a quantized row starts from (same dataset, profile, seed)."""
         return make_config(self.dataset, 0, self.profile, self.seed)

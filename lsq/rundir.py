@@ -17,6 +17,13 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 
+# What measures the machine and the moment rather than the result (docs/run-format.md): left out
+# when runs are compared (lsq.compare, the tests' resume and parallel-run checks).
+TIMING_KEYS = frozenset({"epoch_seconds", "images_per_second", "startup_seconds",
+                         "baseline_wait_seconds"})
+PROVENANCE_KEYS = frozenset({"wall_seconds", "device", "torch_version", "compiled", "cuda_graphs",
+                             "git_sha", "hostname", "started_at", "finished_at"})
+
 
 def _umask() -> int:
     mask = os.umask(0)

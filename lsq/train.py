@@ -365,19 +365,11 @@ def _baseline_state(config: RunConfig, runs_dir: Path) -> dict:
     return load_checkpoint(checkpoint)["model"]
 
 
-def _result_defining(config: RunConfig) -> RunConfig:
-    """The config without where and how the run executes (device, compilation, CUDA graphs, data
-    location, loader workers, download), which may change between an interrupted run and its
-    resume."""
-    return replace(config, device="auto", compile_model=None, cuda_graphs=None,
-                   data=replace(config.data, data_dir=None, workers=0, download=False))
-
-
 def _check_same_config(run_dir: Path, config: RunConfig) -> None:
     existing = run_dir / rundir.CONFIG
     if existing.exists():
         old = RunConfig.from_yaml(existing)
-        if _result_defining(old) != _result_defining(config):
+        if old.result_defining() != config.result_defining():
             raise TrainingError(
                 f"{run_dir} holds a run with another configuration; use another --runs-dir, "
                 f"or delete {run_dir} to start over"

@@ -63,7 +63,7 @@ def test_ddp_trains_float_and_lsq_rows_and_resumes(tmp_path):
     torchrun("--row", "4", "--epochs", "3", runs=runs)
     after = rundir.read_metrics(row_dir / "metrics.jsonl")
     assert [r["epoch"] for r in after] == [0, 1, 2, 3]
-    timing = {"epoch_seconds", "images_per_second", "startup_seconds"}
+    timing = rundir.TIMING_KEYS
     assert {k: v for k, v in after[1].items() if k not in timing} == {
         k: v for k, v in before[1].items() if k not in timing}, "resumed epochs match"
     assert all(v["min"] > 0 for v in after[-1]["step_sizes"].values())

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lsq import rundir
 from lsq.config import make_config
 from lsq.quantizer import cxx_compiler_available
 from lsq.train import fit, share_cpu_threads, warm_compile_cache
@@ -202,8 +203,7 @@ def lsq_train(runs: Path, row: int, *extra: str, background: bool = False):
 
 def metrics(runs: Path, row: int) -> list[dict]:
     path = runs / "synthetic" / "smoke" / f"row{row}" / "seed0" / "metrics.jsonl"
-    timing = {"epoch_seconds", "images_per_second", "startup_seconds", "baseline_wait_seconds"}
-    return [{k: v for k, v in json.loads(line).items() if k not in timing}
+    return [{k: v for k, v in json.loads(line).items() if k not in rundir.TIMING_KEYS}
             for line in path.read_text().splitlines()]
 
 

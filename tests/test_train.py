@@ -20,7 +20,7 @@ from lsq.quantizer import cxx_compiler_available
 from lsq.train import lr_factor
 
 REPO = Path(__file__).resolve().parent.parent
-TIMING_KEYS = {"epoch_seconds", "images_per_second", "startup_seconds"}
+TIMING_KEYS = rundir.TIMING_KEYS
 SUMMARY_VOLATILE = {"wall_seconds", "started_at", "finished_at", "hostname", "git_sha"}
 
 
