@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     only_reference = sorted(set(find_runs(args.reference)) - {c.run for c in comparisons})
     print(format_table(comparisons))
     if only_reference:
-        print(f"\n{len(only_reference)} run(s) of {args.reference} not in {args.candidate}: not compared")
+        print(f"\n{len(only_reference)} other run(s) of {args.reference} are not in {args.candidate}")
     matched = sum(c.verdict == "identical" for c in comparisons)
     print(f"\n{matched} of {len(comparisons)} runs match"
           + ("" if args.tolerance == 0 else f" within {args.tolerance:g}"))
