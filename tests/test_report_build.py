@@ -139,3 +139,33 @@ def test_notebooks_execute_into_the_site(with_notebooks):
         assert f"notebooks/{kind}-synthetic-smoke.html" in (site / "index.html").read_text()
     table = json.dumps(json.loads((site / "notebooks" / "table-synthetic-smoke.ipynb").read_text()))
     assert "10.50" in table and "+1.50" in table  # row 2 of the seed-format table
+
+
+def test_notebooks_land_in_a_relative_out_dir_and_leave_the_cwd_alone(tmp_path, monkeypatch):
+    """``make report`` passes relative paths and runs the notebooks' kernels in threads."""
+    import contextlib
+    import os
+    import shutil
+    import time
+    import warnings
+
+    import papermill
+    from report_fixtures import write_fake_runs
+
+    def execute_like_papermill(source, target, cwd=None, **kwargs):
+        # papermill chdirs the whole process to cwd while the kernel runs, and writes the
+        # output notebook, relative to the then-current directory, as cells finish.
+        with contextlib.chdir(cwd or "."):
+            time.sleep(0.2)  # the table and analysis notebooks run at once
+            shutil.copy(source, target)
+
+    write_fake_runs(tmp_path / "runs", ("synthetic",))
+    monkeypatch.setattr(papermill, "execute_notebook", execute_like_papermill)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():  # the fabricated corrupt line's warning is tested elsewhere
+        warnings.simplefilter("ignore")
+        build_report(Path("runs"), Path("report"), execute_notebooks=True)
+    assert build_report.last_errors == []
+    assert os.getcwd() == str(tmp_path)
+    for kind in ("table", "analysis"):
+        assert (tmp_path / "report" / "site" / "notebooks" / f"{kind}-synthetic-smoke.html").exists()

@@ -283,15 +283,17 @@ def _run_notebook(page: Page, kind: str, runs_dir: Path, out: Path) -> tuple[Pat
     import papermill  # here, not at import: the rest of the report must work without a kernel
 
     source = NOTEBOOKS / f"{kind}.ipynb"
-    target = out / f"{kind}-{page.slug}.ipynb"
+    target = (out / f"{kind}-{page.slug}.ipynb").resolve()
     try:
         # kernel_name "python3": jupyter_client runs a "python" kernelspec with sys.executable,
         # so the kernel is this interpreter (the venv) whatever kernelspecs the machine has.
+        # No cwd=: papermill would chdir the whole process, and with kernels in threads one
+        # thread's chdir sent another's relative output path astray (a make smoke run failed
+        # with "output folder report/site/notebooks doesn't exist"). Every path is absolute.
         papermill.execute_notebook(
             str(source), str(target), kernel_name="python3", progress_bar=False,
             parameters={"dataset": page.dataset, "profile": page.profile,
                         "runs_dir": str(runs_dir.resolve())},
-            cwd=str(NOTEBOOKS),
         )
     except Exception as error:  # a failed notebook is reported on the index, not fatal
         last = str(error).strip().splitlines()[-1] if str(error).strip() else ""
