@@ -134,11 +134,12 @@ smoke: ## whole pipeline on synthetic data, smoke profile, 2 seeds, to report/si
 REPRODUCE_SEEDS ?= 0
 # One thread per run, eager, on the CPU: how the committed runs were made (their summary.json's
 # device), so that the same kind of CPU reproduces them bit for bit.
-reproduce: | $(STAMP) ## retrain the committed Fashion-MNIST table (seed 0) in a temp dir and compare with runs/
+reproduce: | $(STAMP) ## retrain the committed Fashion-MNIST table (seed 0) in a temp dir, compare with runs/ (the report shows it)
 	@dir=$$(mktemp -d "$${TMPDIR:-/tmp}/lsq-reproduce.XXXXXX") && echo "retraining into $$dir" && \
 	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory -j$(JOBS) fashion-mnist SEEDS="$(REPRODUCE_SEEDS)" \
 	  PROFILE=quick RUNS="$$dir" DEVICE=cpu DATA_DIR="$(DATA_DIR)" TRAIN_ARGS=--no-compile WARM= && \
-	$(PY) -m lsq compare-runs $(RUNS)/fashion-mnist/quick "$$dir/fashion-mnist/quick"; \
+	$(PY) -m lsq compare-runs $(RUNS)/fashion-mnist/quick "$$dir/fashion-mnist/quick" \
+	  --json $(RUNS)/fashion-mnist/quick/reproduction.json; \
 	rc=$$?; echo "retrained runs: $$dir"; exit $$rc
 test: | $(STAMP) ## run the test suite (installs what it needs first)
 	$(PY) -m pytest -q -n 2 --dist loadfile

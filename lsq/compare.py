@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from lsq import rundir
@@ -140,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("candidate", type=Path, help="the same level of the retrained tree")
     parser.add_argument("--tolerance", type=float, default=0.0,
                         help="largest absolute difference counted as a match (default 0: bit-identical)")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="also write the comparison there (make reproduce: "
+                             "runs/<dataset>/<profile>/reproduction.json, which the report shows)")
     args = parser.parse_args(argv)
     if args.tolerance < 0:
         raise ValueError(f"--tolerance must be >= 0, got {args.tolerance}")
@@ -151,4 +155,27 @@ def main(argv: list[str] | None = None) -> int:
     matched = sum(c.verdict == "identical" for c in comparisons)
     print(f"\n{matched} of {len(comparisons)} runs match"
           + ("" if args.tolerance == 0 else f" within {args.tolerance:g}"))
+    if args.json:
+        rundir.write_json(args.json, record(comparisons, args.reference, args.candidate, args.tolerance))
     return 0 if matched == len(comparisons) else 1
+
+
+def record(comparisons: list[RunComparison], reference: Path, candidate: Path,
+           tolerance: float) -> dict:
+    """The comparison as data, with when, at which commit and on what it was retrained."""
+    runs = find_runs(candidate)
+    summaries = [json.loads((runs[c.run] / rundir.SUMMARY).read_text()) for c in comparisons
+                 if (runs[c.run] / rundir.SUMMARY).exists()]
+    return {
+        "compared_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "reference": str(reference), "candidate": str(candidate),
+        # The commit and machine that retrained the candidate runs, from their summaries.
+        "candidate_git_shas": sorted({s["git_sha"] for s in summaries}),
+        "candidate_devices": sorted({s["device"] for s in summaries}),
+        "tolerance": tolerance,
+        "compared": len(comparisons), "matched": sum(c.verdict == "identical" for c in comparisons),
+        "runs": [{"run": c.run, "verdict": c.verdict, "epochs": c.epochs,
+                  "max_top1_difference": c.max_top1_difference,
+                  "max_loss_difference": c.max_loss_difference,
+                  "first_difference": c.first_difference} for c in comparisons],
+    }

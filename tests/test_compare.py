@@ -133,3 +133,17 @@ def test_make_reproduce_retrains_seed_0_on_one_cpu_thread(tmp_path):
                                              "--profile quick", "--seed 0", str(tmp_path)))
         assert "--wait-for-baseline" not in line
     assert "OMP_NUM_THREADS=1" in result.stdout
+
+
+def test_the_comparison_is_written_for_the_report(tmp_path, capsys):
+    reference = fabricate(tmp_path / "a")
+    candidate = fabricate(tmp_path / "b", top1=(60.0, 70.5), device="cpu (y, 1 threads)")
+    out = tmp_path / "a" / "reproduction.json"
+    code, _ = compare(reference, candidate, "--json", str(out), capsys=capsys)
+    record = json.loads(out.read_text())
+    assert code == 1
+    assert (record["compared"], record["matched"], record["tolerance"]) == (1, 0, 0.0)
+    assert record["candidate_devices"] == ["cpu (y, 1 threads)"] and record["candidate_git_shas"] == ["1.0"]
+    [run] = record["runs"]
+    assert run["run"] == "row1/seed0" and run["verdict"] == "differs"
+    assert run["max_top1_difference"] == 0.5 and "test_top1 70.0 -> 70.5" in run["first_difference"]

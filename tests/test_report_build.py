@@ -169,3 +169,36 @@ def test_notebooks_land_in_a_relative_out_dir_and_leave_the_cwd_alone(tmp_path, 
     assert os.getcwd() == str(tmp_path)
     for kind in ("table", "analysis"):
         assert (tmp_path / "report" / "site" / "notebooks" / f"{kind}-synthetic-smoke.html").exists()
+
+
+@pytest.mark.parametrize("matched, expected", [
+    (1, "retrained at commit abc123 on cpu (x, 1 threads), 2026-11-27: all match the runs above bit for bit"),
+    (0, "retrained at commit abc123 on cpu (x, 1 threads), 2026-11-27: 0 of 1 match; the largest test top-1 difference is 0.25 points (first: row1/seed0, differs, "
+        "epoch 2: test_top1 70.0 -> 70.25)"),
+    (None, None),  # unreadable: a problem on the page, no reproduction line
+])
+def test_a_page_shows_what_make_reproduce_found(tmp_path, matched, expected):
+    import warnings
+
+    from report_fixtures import write_fake_runs
+
+    runs = write_fake_runs(tmp_path / "runs", ("synthetic",))
+    record = {"compared_at": "2026-11-27T12:00:00+00:00", "candidate_git_shas": ["abc123"],
+              "candidate_devices": ["cpu (x, 1 threads)"], "tolerance": 0.0, "compared": 1,
+              "matched": matched, "runs": [{
+                  "run": "row1/seed0", "verdict": "identical" if matched else "differs", "epochs": 3,
+                  "max_top1_difference": 0.0 if matched else 0.25, "max_loss_difference": 0.0,
+                  "first_difference": "" if matched else "epoch 2: test_top1 70.0 -> 70.25"}]}
+    path = runs / "synthetic" / "smoke" / "reproduction.json"
+    path.write_text(json.dumps(record) if matched is not None else "{not json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build_report(runs, tmp_path / "report", execute_notebooks=False)
+    page = (tmp_path / "report" / "synthetic-smoke.md").read_text()
+    html = (tmp_path / "report" / "site" / "synthetic-smoke.html").read_text()
+    if expected is None:
+        assert "Reproduction:" not in page and "<dt>Reproduction</dt>" not in html
+        assert "synthetic/smoke/reproduction.json: unreadable" in html  # the page's problems
+    else:
+        assert f"- Reproduction: 1 run (row1/seed0) {expected}" in page
+        assert "<dt>Reproduction</dt>" in html and "<code>make reproduce</code>" in html

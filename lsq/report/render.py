@@ -11,6 +11,7 @@ The site uses relative links only and no external resource, so it opens from dis
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
+import markupsafe
 import pandas as pd
 
 from lsq.experiments import TABLES, get_table
@@ -73,6 +75,7 @@ class Page:
     analysis_figures: dict[str, list[FigureLink]] = field(default_factory=dict)
     notebooks: dict[str, str] = field(default_factory=dict)  # kind -> html file (site-relative)
     problems: list[str] = field(default_factory=list)
+    reproduction: str = ""  # what `make reproduce` found, from <runs>/<dataset>/<profile>/reproduction.json
 
     @property
     def slug(self) -> str:
@@ -151,6 +154,12 @@ def _page(runs: Runs) -> Page:
         has_analysis=analysis.has_ablations(summaries, runs.in_progress),
         problems=[p for p in runs.problems if p.startswith(f"{dataset}/{profile}/")],
     )
+    reproduction = runs.root / dataset / profile / REPRODUCTION
+    if reproduction.exists():
+        try:
+            page.reproduction = _reproduction_text(json.loads(reproduction.read_text()))
+        except (ValueError, KeyError, TypeError) as error:
+            page.problems.append(f"{dataset}/{profile}/{REPRODUCTION}: unreadable ({error!r}), not shown")
     if page.has_analysis:
         for factor, title in analysis.FACTORS.items():
             numbers = analysis.ablation_table(summaries, runs.in_progress, factor)
@@ -160,6 +169,30 @@ def _page(runs: Runs) -> Page:
                 "verdicts": analysis.verdicts(numbers),
             })
     return page
+
+
+REPRODUCTION = "reproduction.json"  # written by `make reproduce` (lsq compare-runs --json)
+
+
+def _reproduction_text(record: dict) -> str:
+    """One sentence on a retraining of some of the page's runs (``lsq.compare.record``)."""
+    compared, matched = record["compared"], record["matched"]
+    where = (f"retrained at commit {', '.join(record['candidate_git_shas']) or '?'} on "
+             f"{'; '.join(record['candidate_devices']) or '?'}, {record['compared_at'][:10]}")
+    names = ", ".join(run["run"] for run in record["runs"])
+    runs = f"{compared} run{'' if compared == 1 else 's'}"
+    if matched == compared and record["tolerance"] == 0:
+        return (f"{runs} ({names}) {where}: all match the runs above bit for bit, every "
+                "epoch record and summary result (`make reproduce`).")
+    largest = max((run["max_top1_difference"] for run in record["runs"]), default=0.0)
+    first = next((run for run in record["runs"] if run["verdict"] != "identical"), None)
+    within = f" within {record['tolerance']:g}" if record["tolerance"] else ""
+    return (f"{runs} ({names}) {where}: {matched} of {compared} match{within}; the "
+            f"largest test top-1 difference is {largest:.2f} points"
+            + (f" (first: {first['run']}, {first['verdict']}"
+               + (f", {first['first_difference']}" if first["first_difference"] else "") + ")"
+               if first else "")
+            + " (`make reproduce`).")
 
 
 def _distinct(values: pd.Series) -> list[str]:
@@ -330,9 +363,18 @@ def _environment(kind: str) -> jinja2.Environment:
     )
     env.filters["cell_class"] = _cell_class
     env.filters["md_cell"] = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
+    env.filters["md_inline"] = _code_spans
     env.globals["header_rows"] = header_rows
     env.globals["flat_columns"] = lambda frame: [tables.flat_name(c) for c in frame.columns]
     return env
+
+
+def _code_spans(text: str) -> markupsafe.Markup:
+    """Markdown's `code` spans as HTML <code>, everything else escaped."""
+    parts = str(text).split("`")
+    return markupsafe.Markup("").join(
+        markupsafe.Markup("<code>{}</code>").format(part) if index % 2 else markupsafe.escape(part)
+        for index, part in enumerate(parts))
 
 
 def header_rows(frame: pd.DataFrame) -> list[list[dict]]:
