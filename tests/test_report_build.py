@@ -202,3 +202,23 @@ def test_a_page_shows_what_make_reproduce_found(tmp_path, matched, expected):
     else:
         assert f"- Reproduction: 1 run (row1/seed0) {expected}" in page
         assert "<dt>Reproduction</dt>" in html and "<code>make reproduce</code>" in html
+
+
+def test_make_report_runs_real_notebooks_quietly_from_relative_paths(tmp_path):
+    """``lsq report`` as make calls it (relative paths), with real kernels: the notebooks land in
+    the site and the kernels' own log lines stay out of the console."""
+    import subprocess
+    import warnings
+
+    from report_fixtures import write_fake_runs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_fake_runs(tmp_path / "runs", ("synthetic",))
+    result = subprocess.run([sys.executable, "-m", "lsq", "report", "--runs-dir", "runs", "--out", "report"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "notebook error" not in result.stderr
+    assert "IPKernelApp" not in result.stderr, result.stderr
+    for kind in ("table", "analysis"):
+        assert (tmp_path / "report" / "site" / "notebooks" / f"{kind}-synthetic-smoke.html").exists()

@@ -312,6 +312,23 @@ def _run_notebooks(pages: list[Page], runs_dir: Path, site: Path) -> list[str]:
     return errors
 
 
+def _quiet_kernel_manager():
+    """nbclient's kernel manager with the kernel process's own stderr discarded: its log lines
+    ("running over TCP without encryption", "KeyboardInterrupt caught in kernel" at shutdown)
+    are noise in ``make report``'s output. What the notebook's cells print still reaches the
+    notebook, and a kernel that dies still fails the notebook, which the index lists."""
+    import subprocess
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            kw.setdefault("stderr", subprocess.DEVNULL)
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return QuietKernelManager
+
+
 def _run_notebook(page: Page, kind: str, runs_dir: Path, out: Path) -> tuple[Path, str]:
     import papermill  # here, not at import: the rest of the report must work without a kernel
 
@@ -327,6 +344,7 @@ def _run_notebook(page: Page, kind: str, runs_dir: Path, out: Path) -> tuple[Pat
             str(source), str(target), kernel_name="python3", progress_bar=False,
             parameters={"dataset": page.dataset, "profile": page.profile,
                         "runs_dir": str(runs_dir.resolve())},
+            kernel_manager_class=_quiet_kernel_manager(),
         )
     except Exception as error:  # a failed notebook is reported on the index, not fatal
         last = str(error).strip().splitlines()[-1] if str(error).strip() else ""
