@@ -34,6 +34,7 @@ checked against ``torch.autograd.gradcheck`` and a reference in the tests.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -47,6 +48,11 @@ from lsq.levels import (  # noqa: F401 - re-exported: the level helpers belong t
     TERNARY, UNSIGNED_2BIT, Levels, check_levels, format_levels, parse_levels, signed_levels,
     unsigned_levels,
 )
+
+# The compiled kernels' C++ build goes through torch.utils.cpp_extension, which logs "No CUDA
+# runtime is found, using CUDA_HOME=..." once per process on a CPU machine that has a CUDA
+# toolkit path: this package builds no CUDA extension, so in every CPU run's log it only misleads.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 # A zero step size would divide by zero (an all-zero weight tensor initialises to s = 0). This
 # floor is far below any step size that quantizes a real tensor, so it never changes a result,
