@@ -163,9 +163,15 @@ def main(argv: list[str] | None = None) -> int:
 def record(comparisons: list[RunComparison], reference: Path, candidate: Path,
            tolerance: float) -> dict:
     """The comparison as data, with when, at which commit and on what it was retrained."""
-    runs = find_runs(candidate)
+    runs, references = find_runs(candidate), find_runs(reference)
     summaries = [json.loads((runs[c.run] / rundir.SUMMARY).read_text()) for c in comparisons
                  if (runs[c.run] / rundir.SUMMARY).exists()]
+
+    def finished_at(run: Path) -> str | None:
+        """Which reference run was compared: the report calls the record stale once it changes."""
+        summary = run / rundir.SUMMARY
+        return json.loads(summary.read_text()).get("finished_at") if summary.exists() else None
+
     return {
         "compared_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "reference": str(reference), "candidate": str(candidate),
@@ -175,6 +181,7 @@ def record(comparisons: list[RunComparison], reference: Path, candidate: Path,
         "tolerance": tolerance,
         "compared": len(comparisons), "matched": sum(c.verdict == "identical" for c in comparisons),
         "runs": [{"run": c.run, "verdict": c.verdict, "epochs": c.epochs,
+                  "reference_finished_at": finished_at(references[c.run]),
                   "max_top1_difference": c.max_top1_difference,
                   "max_loss_difference": c.max_loss_difference,
                   "first_difference": c.first_difference} for c in comparisons],

@@ -146,4 +146,5 @@ def test_the_comparison_is_written_for_the_report(tmp_path, capsys):
     assert record["candidate_devices"] == ["cpu (y, 1 threads)"] and record["candidate_git_shas"] == ["1.0"]
     [run] = record["runs"]
     assert run["run"] == "row1/seed0" and run["verdict"] == "differs"
+    assert run["reference_finished_at"] == "1.0"  # the reference summary's: the report's staleness check
     assert run["max_top1_difference"] == 0.5 and "test_top1 70.0 -> 70.5" in run["first_difference"]

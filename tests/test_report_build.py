@@ -171,13 +171,18 @@ def test_notebooks_land_in_a_relative_out_dir_and_leave_the_cwd_alone(tmp_path, 
         assert (tmp_path / "report" / "site" / "notebooks" / f"{kind}-synthetic-smoke.html").exists()
 
 
-@pytest.mark.parametrize("matched, expected", [
-    (1, "retrained at commit abc123 on cpu (x, 1 threads), 2026-11-27: all match the runs above bit for bit"),
-    (0, "retrained at commit abc123 on cpu (x, 1 threads), 2026-11-27: 0 of 1 match; the largest test top-1 difference is 0.25 points (first: row1/seed0, differs, "
-        "epoch 2: test_top1 70.0 -> 70.25)"),
-    (None, None),  # unreadable: a problem on the page, no reproduction line
+FINISHED = "2026-11-27T04:16:00Z"  # the fabricated runs' summary.json finished_at
+
+
+@pytest.mark.parametrize("matched, seen, expected", [
+    (1, FINISHED, "retrained at commit abc123 on cpu (x, 1 threads), 2026-11-27: all match the runs above bit for bit"),
+    (0, FINISHED, "retrained at commit abc123 on cpu (x, 1 threads), 2026-11-27: 0 of 1 match; the largest test "
+                  "top-1 difference is 0.25 points (first: row1/seed0, differs, epoch 2: test_top1 70.0 -> 70.25)"),
+    # The compared run has been retrained since: the check no longer speaks for it.
+    (1, "2026-11-26T00:00:00Z", "a reproduction check from 2026-11-27 no longer applies: row1/seed0 changed since"),
+    (None, FINISHED, None),  # unreadable: a problem on the page, no reproduction line
 ])
-def test_a_page_shows_what_make_reproduce_found(tmp_path, matched, expected):
+def test_a_page_shows_what_make_reproduce_found(tmp_path, matched, seen, expected):
     import warnings
 
     from report_fixtures import write_fake_runs
@@ -187,6 +192,7 @@ def test_a_page_shows_what_make_reproduce_found(tmp_path, matched, expected):
               "candidate_devices": ["cpu (x, 1 threads)"], "tolerance": 0.0, "compared": 1,
               "matched": matched, "runs": [{
                   "run": "row1/seed0", "verdict": "identical" if matched else "differs", "epochs": 3,
+                  "reference_finished_at": seen,
                   "max_top1_difference": 0.0 if matched else 0.25, "max_loss_difference": 0.0,
                   "first_difference": "" if matched else "epoch 2: test_top1 70.0 -> 70.25"}]}
     path = runs / "synthetic" / "smoke" / "reproduction.json"
@@ -200,7 +206,8 @@ def test_a_page_shows_what_make_reproduce_found(tmp_path, matched, expected):
         assert "Reproduction:" not in page and "<dt>Reproduction</dt>" not in html
         assert "synthetic/smoke/reproduction.json: unreadable" in html  # the page's problems
     else:
-        assert f"- Reproduction: 1 run (row1/seed0) {expected}" in page
+        assert (f"- Reproduction: 1 run (row1/seed0) {expected}" in page
+                or f"- Reproduction: {expected}" in page), page
         assert "<dt>Reproduction</dt>" in html and "<code>make reproduce</code>" in html
 
 

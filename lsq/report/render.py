@@ -157,7 +157,8 @@ def _page(runs: Runs) -> Page:
     reproduction = runs.root / dataset / profile / REPRODUCTION
     if reproduction.exists():
         try:
-            page.reproduction = _reproduction_text(json.loads(reproduction.read_text()))
+            page.reproduction = _reproduction_text(json.loads(reproduction.read_text()), summaries,
+                                                   f"{dataset}/{profile}")
         except (ValueError, KeyError, TypeError) as error:
             page.problems.append(f"{dataset}/{profile}/{REPRODUCTION}: unreadable ({error!r}), not shown")
     if page.has_analysis:
@@ -174,9 +175,17 @@ def _page(runs: Runs) -> Page:
 REPRODUCTION = "reproduction.json"  # written by `make reproduce` (lsq compare-runs --json)
 
 
-def _reproduction_text(record: dict) -> str:
-    """One sentence on a retraining of some of the page's runs (``lsq.compare.record``)."""
+def _reproduction_text(record: dict, summaries: pd.DataFrame, prefix: str) -> str:
+    """One sentence on a retraining of some of the page's runs (``lsq.compare.record``), or on
+    its being stale: a run it compared has been retrained or removed since."""
     compared, matched = record["compared"], record["matched"]
+    finished = dict(zip(summaries["path"], summaries["finished_at"]))
+    changed = [run["run"] for run in record["runs"]
+               if finished.get(f"{prefix}/{run['run']}") != run.get("reference_finished_at")]
+    if changed:
+        return (f"a reproduction check from {record['compared_at'][:10]} no longer applies: "
+                f"{', '.join(changed)} changed since (retrained, removed, or compared before the "
+                "check recorded which run it saw); run `make reproduce` again.")
     where = (f"retrained at commit {', '.join(record['candidate_git_shas']) or '?'} on "
              f"{'; '.join(record['candidate_devices']) or '?'}, {record['compared_at'][:10]}")
     names = ", ".join(run["run"] for run in record["runs"])
