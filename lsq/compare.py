@@ -76,18 +76,18 @@ def compare_run(name: str, reference: Path, candidate: Path, tolerance: float = 
     if not ((reference / rundir.SUMMARY).exists() and (candidate / rundir.SUMMARY).exists()):
         return RunComparison(name, "unfinished")
     result = RunComparison(name, "identical")
-    ignored = rundir.TIMING_KEYS
-    pairs = list(zip(rundir.read_metrics(reference / rundir.METRICS),
-                     rundir.read_metrics(candidate / rundir.METRICS), strict=False))
+    ours, theirs = (rundir.read_metrics(run / rundir.METRICS) for run in (reference, candidate))
+    result.epochs = len(ours)
+    if len(ours) != len(theirs):
+        result.verdict, result.first_difference = "differs", "number of epoch records"
+    # Epoch records pairwise (as far as both go), then the summaries' results.
+    pairs = list(zip(ours, theirs))
     summaries = [json.loads((run / rundir.SUMMARY).read_text()) for run in (reference, candidate)]
     pairs.append(tuple({k: v for k, v in summary.items() if k not in rundir.PROVENANCE_KEYS}
                        for summary in summaries))
-    epochs = len(rundir.read_metrics(reference / rundir.METRICS))
-    if epochs != len(rundir.read_metrics(candidate / rundir.METRICS)):
-        result.verdict, result.first_difference = "differs", "number of epoch records"
     for index, (old, new) in enumerate(pairs):
-        old = {k: v for k, v in old.items() if k not in ignored}
-        new = {k: v for k, v in new.items() if k not in ignored}
+        old = {k: v for k, v in old.items() if k not in rundir.TIMING_KEYS}
+        new = {k: v for k, v in new.items() if k not in rundir.TIMING_KEYS}
         where = "summary" if index == len(pairs) - 1 else f"epoch {old.get('epoch', index)}"
         for key, top in (("test_top1", "max_top1_difference"), ("test_loss", "max_loss_difference"),
                          ("final_top1", "max_top1_difference"),
@@ -99,7 +99,6 @@ def compare_run(name: str, reference: Path, candidate: Path, tolerance: float = 
             key, was, now = found
             result.verdict = "differs"
             result.first_difference = f"{where}: {key} {was!r} -> {now!r}"
-    result.epochs = epochs
     return result
 
 
