@@ -34,6 +34,8 @@ from lsq.config import RunConfig
 @dataclass
 class RunComparison:
     run: str
+    reference: Path  # the two run directories compared
+    candidate: Path
     verdict: str  # identical | differs | config differs | unfinished
     epochs: int = 0
     first_difference: str = ""
@@ -72,10 +74,10 @@ def _differences(reference, candidate, tolerance: float, path: str, one_sided: s
 def compare_run(name: str, reference: Path, candidate: Path, tolerance: float = 0.0) -> RunComparison:
     if (RunConfig.from_yaml(reference / rundir.CONFIG).result_defining()
             != RunConfig.from_yaml(candidate / rundir.CONFIG).result_defining()):
-        return RunComparison(name, "config differs")
+        return RunComparison(name, reference, candidate, "config differs")
     if not ((reference / rundir.SUMMARY).exists() and (candidate / rundir.SUMMARY).exists()):
-        return RunComparison(name, "unfinished")
-    result = RunComparison(name, "identical")
+        return RunComparison(name, reference, candidate, "unfinished")
+    result = RunComparison(name, reference, candidate, "identical")
     ours, theirs = (rundir.read_metrics(run / rundir.METRICS) for run in (reference, candidate))
     result.epochs = len(ours)
     if len(ours) != len(theirs):
@@ -162,9 +164,8 @@ def main(argv: list[str] | None = None) -> int:
 def record(comparisons: list[RunComparison], reference: Path, candidate: Path,
            tolerance: float) -> dict:
     """The comparison as data, with when, at which commit and on what it was retrained."""
-    runs, references = find_runs(candidate), find_runs(reference)
-    summaries = [json.loads((runs[c.run] / rundir.SUMMARY).read_text()) for c in comparisons
-                 if (runs[c.run] / rundir.SUMMARY).exists()]
+    summaries = [json.loads((c.candidate / rundir.SUMMARY).read_text()) for c in comparisons
+                 if (c.candidate / rundir.SUMMARY).exists()]
 
     def finished_at(run: Path) -> str | None:
         """Which reference run was compared: the report calls the record stale once it changes."""
@@ -180,7 +181,7 @@ def record(comparisons: list[RunComparison], reference: Path, candidate: Path,
         "tolerance": tolerance,
         "compared": len(comparisons), "matched": sum(c.verdict == "identical" for c in comparisons),
         "runs": [{"run": c.run, "verdict": c.verdict, "epochs": c.epochs,
-                  "reference_finished_at": finished_at(references[c.run]),
+                  "reference_finished_at": finished_at(c.reference),
                   "max_top1_difference": c.max_top1_difference,
                   "max_loss_difference": c.max_loss_difference,
                   "first_difference": c.first_difference} for c in comparisons],

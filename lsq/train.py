@@ -565,9 +565,10 @@ def warm_compile_cache(config: RunConfig, runs_dir: str | Path = "runs", *, log=
     Nothing of the run is needed or written: the model starts from a random float network
     instead of the row-0 baseline (the graphs depend on shapes, not values), and no run directory
     is touched. A row started beside its baseline (``fit_after_baseline``, what ``make -j`` does
-    on CUDA) runs this while row 0 trains, so that its own compiles load from the cache. On an
-    H200, four cold compiles at once had made each row's first epoch 20-29 s; after separate
-    warm-up processes, with MPS on too, 11-17 s.
+    on CUDA) runs this while row 0 trains, and keeps the compiled code in memory
+    (``warm_and_keep_compiled``); run alone (``--warm-compile-cache``), it leaves the graphs in
+    the on-disk cache for another process. On an H200, four cold compiles at once had made each
+    row's first epoch 20-29 s; after separate warm-up processes, with MPS on too, 11-17 s.
     Runs the same calibration, evaluation and training steps as ``fit`` (CUDA-graph capture
     included, which is not cached but checks the path). Returns whether anything was compiled:
     False for a finished run or one that does not compile.

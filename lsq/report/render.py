@@ -11,6 +11,7 @@ The site uses relative links only and no external resource, so it opens from dis
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -321,6 +322,7 @@ def _run_notebooks(pages: list[Page], runs_dir: Path, site: Path) -> list[str]:
     return errors
 
 
+@functools.cache
 def _quiet_kernel_manager():
     """nbclient's kernel manager with the kernel process's own stderr discarded: its log lines
     ("running over TCP without encryption", "KeyboardInterrupt caught in kernel" at shutdown)
