@@ -9,7 +9,7 @@ import yaml
 
 from lsq.config import make_config
 from lsq.report import build_report
-from lsq.report.speed import bench_table, table_timings
+from lsq.report.speed import bench_table, table_timings, table_walls
 
 
 def _bench(path: Path, compile_model: bool) -> None:
@@ -49,7 +49,19 @@ def _results(tmp_path: Path) -> Path:
     _run(check / "table", 0, 90, finished=True)
     _run(check / "table", 4, 10, finished=False, first_epoch=20.0, startup=13.0)
     _run(check / "table", 3, 10, finished=False)  # written before start-up was recorded
+    (check / "gpu-check-table.log").write_text(
+        "== phase 3: synthetic CIFAR-shaped table (t=12 s)\n"
+        "== table: exit 124, 300 s wall (limit 300 s), MPS on (t=312 s)\n")
     return tmp_path / "results"
+
+
+def _finished_check(results: Path, log_line: str | None) -> Path:
+    check = results / "2030-01-02-done"
+    for row in range(5):
+        _run(check / "table", row, 90, finished=True)
+    if log_line is not None:
+        (check / "gpu-check.log").write_text(f"== card and software (t=0 s)\n{log_line}\n== done\n")
+    return check
 
 
 def test_bench_lines_come_from_the_json(tmp_path):
@@ -80,8 +92,30 @@ def test_table_lines_finish_or_project_from_the_metrics(tmp_path):
     assert frame.loc["row0", "mode"] == "fp32, no compile, CUDA graphs"
 
 
+def test_whole_table_wall_comes_from_the_check_log(tmp_path):
+    results = _results(tmp_path)
+    # Before session 4 the script logged no MPS state.
+    _finished_check(results, "== table: exit 0, 283 s wall (limit 420 s) (t=295 s)")
+    frame = table_walls(results).set_index("check")
+    cut = frame.loc["2030-01-01-test"]
+    assert (cut["rows finished"], cut["table wall s"], cut["time limit s"], cut["MPS"]) == ("1/3", "300", "300", "on")
+    assert cut["whole table"] == "stopped by the time limit"
+    done = frame.loc["2030-01-02-done"]
+    assert (done["rows finished"], done["MPS"], done["whole table"]) == ("5/5", "not recorded", "finished in 283 s")
+    assert done["device"] == "cuda (Test GPU)"
+
+
+def test_whole_table_wall_says_failed_and_skips_checks_without_a_table_line(tmp_path):
+    results = tmp_path / "results"
+    check = _finished_check(results, "== table: exit 2, 40 s wall (limit 300 s), MPS off (t=50 s)")
+    assert table_walls(results).set_index("check").loc[check.name, "whole table"] == "failed (exit 2)"
+    (check / "gpu-check.log").write_text("== phase 1: CUDA tests (t=4 s)\n== done (diagnose)\n")
+    assert table_walls(results).empty
+
+
 def test_no_results_gives_empty_tables(tmp_path):
-    assert bench_table(tmp_path / "missing").empty and table_timings(tmp_path / "missing").empty
+    missing = tmp_path / "missing"
+    assert bench_table(missing).empty and table_timings(missing).empty and table_walls(missing).empty
 
 
 def test_report_index_shows_measured_speed(tmp_path):
@@ -92,6 +126,7 @@ def test_report_index_shows_measured_speed(tmp_path):
     for text in (markdown, html):
         assert "Measured speed" in text and "cuda (Test GPU)" in text and "42,667" in text
         assert "300 (projected" in text
+        assert "stopped by the time limit" in text and "The whole timed table" in text
     build_report(tmp_path / "runs", tmp_path / "report2", execute_notebooks=False,
                  results_dir=tmp_path / "none")
     assert "No speed measurements" in (tmp_path / "report2" / "index.md").read_text()

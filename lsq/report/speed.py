@@ -10,6 +10,7 @@ the table finished.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -20,6 +21,8 @@ DEFAULT_RESULTS = Path("benchmarks/results")
 
 BENCH_COLUMNS = ["check", "device", "torch", "dataset", "batch", "mode", "row", "ms/step", "img/s",
                  "x float", "setup s"]
+WALL_COLUMNS = ["check", "device", "MPS", "rows finished", "table wall s", "time limit s",
+                "whole table"]
 TABLE_COLUMNS = ["check", "device", "torch", "data", "mode", "row", "start-up s", "epochs done",
                  "median s/epoch", "wall s", "wall or projection for all epochs, s"]
 
@@ -96,6 +99,35 @@ def table_timings(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
                 "—" if summary is None else f"{summary['wall_seconds']:.0f}", total,
             ])
     return pd.DataFrame(lines, columns=TABLE_COLUMNS)
+
+
+# The line benchmarks/gpu-check.sh logs once `make -j5 synthetic` returns (MPS from session 4 on).
+_TABLE_LINE = re.compile(r"^== table: exit (\d+), (\d+) s wall \(limit (\d+) s\)(?:, MPS (\w+))?",
+                         re.MULTILINE)
+
+
+def table_walls(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
+    """One line per timed table: the wall time of the whole ``make -j5`` (from the first
+    process's start to the last row's summary), as ``benchmarks/gpu-check.sh`` logged it
+    (``gpu-check*.log``), and whether every row finished inside the time limit. A check whose log
+    holds no such line (the table did not run) has no line."""
+    lines = []
+    for check in sorted(p for p in Path(results_dir).glob("*/table") if p.is_dir()):
+        found = [m for log in sorted(check.parent.glob("gpu-check*.log"))
+                 for m in _TABLE_LINE.finditer(log.read_text(errors="replace"))]
+        if not found:
+            continue
+        exit_status, wall, limit, mps = found[-1].groups()
+        runs = sorted(check.glob("*/*/row*/seed*/config.yaml"))
+        finished = sum((config.parent / "summary.json").exists() for config in runs)
+        complete = int(exit_status) == 0 and runs and finished == len(runs)
+        lines.append([
+            check.parent.name, _check_machine(check)[0], mps or "not recorded",
+            f"{finished}/{len(runs)}", wall, limit,
+            f"finished in {wall} s" if complete else
+            ("stopped by the time limit" if int(exit_status) == 124 else f"failed (exit {exit_status})"),
+        ])
+    return pd.DataFrame(lines, columns=WALL_COLUMNS)
 
 
 def _check_machine(table_dir: Path) -> tuple[str, str]:
