@@ -102,7 +102,7 @@ def test_whole_table_wall_comes_from_the_check_log(tmp_path):
     assert cut["whole table"] == "stopped by the time limit"
     done = frame.loc["2030-01-02-done"]
     assert (done["rows finished"], done["MPS"], done["whole table"]) == ("5/5", "not recorded", "finished in 283 s")
-    assert done["device"] == "cuda (Test GPU)"
+    assert (done["device"], done["torch"]) == ("cuda (Test GPU)", "9.9")
 
 
 def test_whole_table_wall_says_failed_and_skips_checks_without_a_table_line(tmp_path):

@@ -21,7 +21,7 @@ DEFAULT_RESULTS = Path("benchmarks/results")
 
 BENCH_COLUMNS = ["check", "device", "torch", "dataset", "batch", "mode", "row", "ms/step", "img/s",
                  "x float", "setup s"]
-WALL_COLUMNS = ["check", "device", "MPS", "rows finished", "table wall s", "time limit s",
+WALL_COLUMNS = ["check", "device", "torch", "MPS", "rows finished", "table wall s", "time limit s",
                 "whole table"]
 TABLE_COLUMNS = ["check", "device", "torch", "data", "mode", "row", "start-up s", "epochs done",
                  "median s/epoch", "wall s", "wall or projection for all epochs, s"]
@@ -122,7 +122,7 @@ def table_walls(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
         finished = sum((config.parent / "summary.json").exists() for config in runs)
         complete = int(exit_status) == 0 and runs and finished == len(runs)
         lines.append([
-            check.parent.name, _check_machine(check)[0], mps or "not recorded",
+            check.parent.name, *_check_machine(check), mps or "not recorded",
             f"{finished}/{len(runs)}", wall, limit,
             f"finished in {wall} s" if complete else
             ("stopped by the time limit" if int(exit_status) == 124 else f"failed (exit {exit_status})"),
