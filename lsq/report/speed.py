@@ -107,8 +107,8 @@ _TABLE_LINE = re.compile(r"^== table: exit (\d+), (\d+) s wall \(limit (\d+) s\)
 
 
 def table_walls(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
-    """One line per timed table: the wall time of the whole ``make -j5`` (from the first
-    process's start to the last row's summary), as ``benchmarks/gpu-check.sh`` logged it
+    """One line per timed table: the wall time of the command that trained it (``make -j5``
+    since session 4; from its start to its exit), as ``benchmarks/gpu-check.sh`` logged it
     (``gpu-check*.log``), and whether every row finished inside the time limit. A check whose log
     holds no such line (the table did not run) has no line."""
     lines = []
