@@ -105,10 +105,14 @@ def test_whole_table_wall_comes_from_the_check_log(tmp_path):
     assert (done["device"], done["torch"]) == ("cuda (Test GPU)", "9.9")
 
 
-def test_whole_table_wall_says_failed_and_skips_checks_without_a_table_line(tmp_path):
+def test_whole_table_wall_says_failed_or_incomplete_and_skips_checks_without_a_table_line(tmp_path):
     results = tmp_path / "results"
     check = _finished_check(results, "== table: exit 2, 40 s wall (limit 300 s), MPS off (t=50 s)")
     assert table_walls(results).set_index("check").loc[check.name, "whole table"] == "failed (exit 2)"
+    (check / "table" / "synthetic" / "paper" / "row4" / "seed0" / "summary.json").unlink()
+    (check / "gpu-check.log").write_text("== table: exit 0, 40 s wall (limit 300 s), MPS off\n")
+    assert table_walls(results).set_index("check").loc[check.name, "whole table"] == (
+        "incomplete: 4 of 5 rows finished")
     (check / "gpu-check.log").write_text("== phase 1: CUDA tests (t=4 s)\n== done (diagnose)\n")
     assert table_walls(results).empty
 

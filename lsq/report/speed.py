@@ -120,13 +120,17 @@ def table_walls(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
         exit_status, wall, limit, mps = found[-1].groups()
         runs = sorted(check.glob("*/*/row*/seed*/config.yaml"))
         finished = sum((config.parent / "summary.json").exists() for config in runs)
-        complete = int(exit_status) == 0 and runs and finished == len(runs)
-        lines.append([
-            check.parent.name, *_check_machine(check), mps or "not recorded",
-            f"{finished}/{len(runs)}", wall, limit,
-            f"finished in {wall} s" if complete else
-            ("stopped by the time limit" if int(exit_status) == 124 else f"failed (exit {exit_status})"),
-        ])
+        status = int(exit_status)
+        if status == 0 and runs and finished == len(runs):
+            verdict = f"finished in {wall} s"
+        elif status == 124:  # timeout(1)'s exit status
+            verdict = "stopped by the time limit"
+        elif status == 0:
+            verdict = f"incomplete: {finished} of {len(runs)} rows finished"
+        else:
+            verdict = f"failed (exit {status})"
+        lines.append([check.parent.name, *_check_machine(check), mps or "not recorded",
+                      f"{finished}/{len(runs)}", wall, limit, verdict])
     return pd.DataFrame(lines, columns=WALL_COLUMNS)
 
 
