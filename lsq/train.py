@@ -651,6 +651,19 @@ def lower_cpu_priority(steps: int = 10):
                 os.setpriority(os.PRIO_PROCESS, tid, before.get(tid, main))
 
 
+def mps_daemon_running(environ=os.environ) -> bool:
+    """Whether a CUDA MPS control daemon is listening where this process's CUDA would look for
+    it: the ``control`` pipe in ``$CUDA_MPS_PIPE_DIRECTORY`` (default ``/tmp/nvidia-mps``)."""
+    return (Path(environ.get("CUDA_MPS_PIPE_DIRECTORY") or "/tmp/nvidia-mps") / "control").exists()
+
+
+# Measured on one H200 (benchmarks/results/2026-11-27-h200-session6*): rows 1-4 of the CIFAR
+# table at 1.60-1.86 s per epoch under MPS, 2.36-2.84 s without.
+MPS_HINT = ("the CUDA MPS daemon is not running, so rows training together time-slice the GPU "
+            "(about 1.4-1.6x slower per epoch measured on an H200); start it with "
+            "`nvidia-cuda-mps-control -d` before make -jN (README, \"GPU and multi-GPU\")")
+
+
 # How long a row started beside its baseline waits for the baseline to start training: make -j
 # starts both at once, and the baseline's own start-up (imports, data) takes seconds to a minute.
 BASELINE_START_GRACE_SECONDS = 300.0
@@ -678,6 +691,8 @@ def fit_after_baseline(config: RunConfig, runs_dir: str | Path = "runs", *, prog
     baseline_done = baseline_dir / rundir.SUMMARY
     start_waited = None
     if not baseline_done.exists() and not (config.run_dir(runs_dir) / rundir.SUMMARY).exists():
+        if resolve_device(config.device).type == "cuda" and not mps_daemon_running():
+            log(f"{config.run_dir(runs_dir)}: note: {MPS_HINT}")
         with lower_cpu_priority():  # the baseline is what everything waits for
             warm_and_keep_compiled(config, runs_dir, log=log)
             log(f"{config.run_dir(runs_dir)}: waiting for the float baseline {baseline_dir}")

@@ -102,3 +102,39 @@ def test_waiting_for_a_missing_baseline_is_one_clear_error(tmp_path):
     assert not any(tmp_path.rglob("*")), "nothing written for the row"
     with pytest.raises(TrainingError, match="row 0 is the baseline"):
         fit_after_baseline(make_config("synthetic", 0, "smoke"), tmp_path, progress=False)
+
+
+def test_mps_daemon_is_found_by_its_control_pipe(tmp_path):
+    from lsq.train import mps_daemon_running
+
+    assert not mps_daemon_running({"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path)})
+    (tmp_path / "control").touch()
+    assert mps_daemon_running({"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path)})
+
+
+@pytest.mark.parametrize("daemon", [False, True])
+def test_rows_waiting_on_cuda_without_mps_say_how_to_start_it(tmp_path, monkeypatch, daemon):
+    import torch
+
+    import lsq.train
+
+    class Stop(Exception):
+        pass
+
+    def stop(*_, **__):
+        raise Stop
+
+    # The CUDA branch on a CPU machine: the device resolves to CUDA, and the run stops at its
+    # compile warm-up, after the hint would have been given.
+    monkeypatch.setattr(lsq.train, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(lsq.train, "warm_and_keep_compiled", stop)
+    pipes = tmp_path / "mps"
+    pipes.mkdir()
+    if daemon:
+        (pipes / "control").touch()
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(pipes))
+    lines = []
+    with pytest.raises(Stop):
+        fit_after_baseline(make_config("synthetic", 2, "smoke"), tmp_path / "runs", progress=False,
+                           log=lines.append)
+    assert any("nvidia-cuda-mps-control -d" in line for line in lines) is not daemon
