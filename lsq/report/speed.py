@@ -58,16 +58,26 @@ def bench_table(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
     return pd.DataFrame(lines, columns=BENCH_COLUMNS)
 
 
+def _timed_tables(results_dir: str | Path) -> list[Path]:
+    """The ``table/`` folder of every check that timed a table."""
+    return sorted(p for p in Path(results_dir).glob("*/table") if p.is_dir())
+
+
+def _table_runs(table_dir: Path) -> list[Path]:
+    """The run directories of a timed table (those that wrote their config)."""
+    return [config.parent for config in sorted(table_dir.glob("*/*/row*/seed*/config.yaml"))]
+
+
 def table_timings(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
     """One line per run of every timed table under ``results_dir/*/table/``: epochs done, the
     median epoch time (training + evaluation), the process's start-up before its first step, and
     the wall time of a finished run or, for a run the time limit stopped, its start-up and
     epochs so far plus the rest at the median epoch time (labelled "projected")."""
     lines = []
-    for check in sorted(p for p in Path(results_dir).glob("*/table") if p.is_dir()):
+    for check in _timed_tables(results_dir):
         device, torch_version = _check_machine(check)
-        for config_path in sorted(check.glob("*/*/row*/seed*/config.yaml")):
-            run = config_path.parent
+        for run in _table_runs(check):
+            config_path = run / "config.yaml"
             records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
                        if line.strip()] if (run / "metrics.jsonl").exists() else []
             trained = [r for r in records if r["epoch"] > 0]
@@ -112,14 +122,14 @@ def table_walls(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
     (``gpu-check*.log``), and whether every row finished inside the time limit. A check whose log
     holds no such line (the table did not run) has no line."""
     lines = []
-    for check in sorted(p for p in Path(results_dir).glob("*/table") if p.is_dir()):
+    for check in _timed_tables(results_dir):
         found = [m for log in sorted(check.parent.glob("gpu-check*.log"))
                  for m in _TABLE_LINE.finditer(log.read_text(errors="replace"))]
         if not found:
             continue
         exit_status, wall, limit, mps = found[-1].groups()
-        runs = sorted(check.glob("*/*/row*/seed*/config.yaml"))
-        finished = sum((config.parent / "summary.json").exists() for config in runs)
+        runs = _table_runs(check)
+        finished = sum((run / "summary.json").exists() for run in runs)
         status = int(exit_status)
         if status == 0 and runs and finished == len(runs):
             verdict = f"finished in {wall} s"
