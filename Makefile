@@ -60,8 +60,18 @@ help: ## list targets and variables
 	@echo "  ABLATION_SEEDS  seeds of the ablation runs (default: $(ABLATION_SEEDS))"
 	@echo "  TRAIN_ARGS      extra arguments for every 'python -m lsq train' (e.g. --amp --channels-last, --weights FILE)"
 	@echo "  REPORT_ARGS     extra arguments for 'python -m lsq report' (e.g. --no-notebooks)"
+	@echo "  SETUP_MIN_FREE_GIB  free disk make setup asks for before installing torch (default: $(SETUP_MIN_FREE_GIB))"
+
+# torch's x86_64 wheel carries its CUDA libraries: the environment takes about 6 GiB. Say so
+# before pip fails half-way with "No space left on device" (a torch already installed needs none).
+SETUP_MIN_FREE_GIB ?= 7
 
 $(STAMP): pyproject.toml
+	@[ -d "$$(echo $(VENV)/lib/python3*/site-packages/torch)" ] || $(PYTHON_BOOT) -c \
+	  'import shutil, sys; free = shutil.disk_usage(".").free / 2**30; need = float(sys.argv[1]); \
+	   sys.exit(None if free >= need else f"make setup: only {free:.1f} GiB free on this disk; the environment " \
+	   f"(torch with its CUDA libraries) needs about {need:g} GiB. Free some space (old clones, " \
+	   f"/tmp/torchinductor_*), then run make setup again.")' $(SETUP_MIN_FREE_GIB)
 	$(PYTHON_BOOT) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
