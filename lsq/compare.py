@@ -42,6 +42,9 @@ class RunComparison:
     max_top1_difference: float = 0.0
     max_loss_difference: float = 0.0
     one_sided_keys: set[str] = field(default_factory=set)
+    # The two summaries (None where the run has not finished): what record() says of the runs.
+    reference_summary: dict | None = None
+    candidate_summary: dict | None = None
 
 
 def find_runs(root: Path) -> dict[str, Path]:
@@ -71,20 +74,28 @@ def _differences(reference, candidate, tolerance: float, path: str, one_sided: s
     return path.rstrip("."), reference, candidate
 
 
+def _summary(run: Path) -> dict | None:
+    path = run / rundir.SUMMARY
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def compare_run(name: str, reference: Path, candidate: Path, tolerance: float = 0.0) -> RunComparison:
+    summaries = [_summary(run) for run in (reference, candidate)]
+    result = RunComparison(name, reference, candidate, "identical", reference_summary=summaries[0],
+                           candidate_summary=summaries[1])
     if (RunConfig.from_yaml(reference / rundir.CONFIG).result_defining()
             != RunConfig.from_yaml(candidate / rundir.CONFIG).result_defining()):
-        return RunComparison(name, reference, candidate, "config differs")
-    if not ((reference / rundir.SUMMARY).exists() and (candidate / rundir.SUMMARY).exists()):
-        return RunComparison(name, reference, candidate, "unfinished")
-    result = RunComparison(name, reference, candidate, "identical")
+        result.verdict = "config differs"
+        return result
+    if None in summaries:
+        result.verdict = "unfinished"
+        return result
     ours, theirs = (rundir.read_metrics(run / rundir.METRICS) for run in (reference, candidate))
     result.epochs = len(ours)
     if len(ours) != len(theirs):
         result.verdict, result.first_difference = "differs", "number of epoch records"
     # Epoch records pairwise (as far as both go), then the summaries' results.
     pairs = list(zip(ours, theirs))
-    summaries = [json.loads((run / rundir.SUMMARY).read_text()) for run in (reference, candidate)]
     pairs.append(tuple({k: v for k, v in summary.items() if k not in rundir.PROVENANCE_KEYS}
                        for summary in summaries))
     for index, (old, new) in enumerate(pairs):
@@ -164,14 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 def record(comparisons: list[RunComparison], reference: Path, candidate: Path,
            tolerance: float) -> dict:
     """The comparison as data, with when, at which commit and on what it was retrained."""
-    summaries = [json.loads((c.candidate / rundir.SUMMARY).read_text()) for c in comparisons
-                 if (c.candidate / rundir.SUMMARY).exists()]
-
-    def finished_at(run: Path) -> str | None:
-        """Which reference run was compared: the report calls the record stale once it changes."""
-        summary = run / rundir.SUMMARY
-        return json.loads(summary.read_text()).get("finished_at") if summary.exists() else None
-
+    summaries = [c.candidate_summary for c in comparisons if c.candidate_summary is not None]
     return {
         "compared_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "reference": str(reference), "candidate": str(candidate),
@@ -181,7 +185,8 @@ def record(comparisons: list[RunComparison], reference: Path, candidate: Path,
         "tolerance": tolerance,
         "compared": len(comparisons), "matched": sum(c.verdict == "identical" for c in comparisons),
         "runs": [{"run": c.run, "verdict": c.verdict, "epochs": c.epochs,
-                  "reference_finished_at": finished_at(c.reference),
+                  # Which reference run was compared: the report calls the record stale once it changes.
+                  "reference_finished_at": (c.reference_summary or {}).get("finished_at"),
                   "max_top1_difference": c.max_top1_difference,
                   "max_loss_difference": c.max_loss_difference,
                   "first_difference": c.first_difference} for c in comparisons],
