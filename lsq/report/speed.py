@@ -147,9 +147,10 @@ def table_walls(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
 def _check_machine(table_dir: Path) -> tuple[str, str]:
     """(device, torch) of a check: one machine ran all of it, so any finished run or bench
     file of the folder names it for the runs that did not finish."""
-    for summary_path in sorted(table_dir.glob("*/*/row*/seed*/summary.json")):
-        summary = json.loads(summary_path.read_text())
-        return summary["device"], summary["torch_version"]
+    for run in _table_runs(table_dir):
+        if (run / "summary.json").exists():
+            summary = json.loads((run / "summary.json").read_text())
+            return summary["device"], summary["torch_version"]
     for bench_path in sorted(table_dir.parent.glob("bench-*.json")):
         bench = json.loads(bench_path.read_text())
         return bench["device"], bench["torch"]
