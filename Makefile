@@ -47,7 +47,8 @@ help: ## list targets and variables
 	     /^[a-zA-Z0-9_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
 	@echo "Variables (make VAR=value ...):"
-	@echo "  PROFILE         paper | quick | smoke (default: paper for cifar10/imagenet, quick for fashion-mnist, smoke for synthetic)"
+	@echo "  PROFILE         paper | full | quick | smoke (default: paper for cifar10/imagenet, quick for fashion-mnist, smoke for synthetic;"
+	@echo "                  full: all of Fashion-MNIST, 20 float + 8 quantized epochs)"
 	@echo "  SEEDS           seeds to train, space-separated (default: $(SEEDS))"
 	@echo "  DEVICE          auto | cpu | cuda | cuda:N (default: $(DEVICE)); on CUDA, torch.compile and CUDA graphs are on"
 	@echo "                  by default (--no-compile / --no-cuda-graphs in TRAIN_ARGS); make -j5 trains rows 1-4 together"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from lsq.config import PROFILES
 from lsq.experiments import get_table
 from lsq.report.tables import Estimate, by_seed, row_difference
 
@@ -256,7 +257,7 @@ def _longest_profile(summaries: pd.DataFrame, dataset: str) -> pd.DataFrame | No
     runs = summaries[(summaries["dataset"] == dataset) & (summaries["ablation"] == "")]
     if runs.empty:
         return None
-    order = {"paper": 0, "quick": 1, "smoke": 2}
+    order = {name: i for i, name in enumerate(PROFILES)}
     profile = min(runs["profile"].unique(), key=lambda p: order.get(p, 9))
     return runs[runs["profile"] == profile]
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from lsq.config import PROFILES
+
 KEYS = ["dataset", "profile", "row", "ablation", "seed"]
 
 SUMMARY_COLUMNS = [
@@ -72,7 +74,7 @@ class Runs:
         frames = [self.summaries[["dataset", "profile"]], self.in_progress[["dataset", "profile"]]]
         pairs = pd.concat(frames).drop_duplicates()
         order = {"fashion-mnist": 0, "cifar10": 1, "imagenet": 2, "synthetic": 3}
-        profiles = {"paper": 0, "quick": 1, "smoke": 2}
+        profiles = {name: i for i, name in enumerate(PROFILES)}
         return sorted(
             map(tuple, pairs.itertuples(index=False)),
             key=lambda p: (order.get(p[0], 9), p[0], profiles.get(p[1], 9), p[1]),
