@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -11,21 +12,23 @@ from pathlib import Path
 import pytest
 
 from lsq.__main__ import main
-from lsq.compare import compare_trees
+from lsq.compare import compare_trees, cpu_kind
 from lsq.config import make_config
 
 from test_train import REPO, lsq_cli
 
 RUN = Path("row1") / "seed0"
+XEON = "cpu (Intel(R) Xeon(R) Processor, 1 threads)"
+EPYC = "cpu (AMD EPYC 7B13, 1 threads)"
 
 
-def fabricate(root: Path, *, top1=(60.0, 70.0), epochs: int = 2, device: str = "cpu (x, 1 threads)",
-              seconds: float = 1.0, finished: bool = True, step_size: float = 0.5,
-              extra: dict | None = None) -> Path:
+def fabricate(root: Path, *, seed: int = 0, top1=(60.0, 70.0), epochs: int = 2,
+              device: str = "cpu (x, 1 threads)", seconds: float = 1.0, finished: bool = True,
+              step_size: float = 0.5, extra: dict | None = None) -> Path:
     """A run directory as ``lsq train`` writes it: config, epoch 0 and trained epochs, summary."""
-    run = root / RUN
+    run = root / "row1" / f"seed{seed}"
     run.mkdir(parents=True)
-    config = make_config("fashion-mnist", 1, "quick").with_overrides(f"optim.epochs={epochs}")
+    config = make_config("fashion-mnist", 1, "quick", seed).with_overrides(f"optim.epochs={epochs}")
     (run / "config.yaml").write_text(replace(config, device=device.split()[0]).to_yaml())
     records = [{"epoch": 0, "test_top1": 50.0, "test_loss": 1.5, "epoch_seconds": 0.0}]
     for epoch, accuracy in enumerate(top1, start=1):
@@ -43,29 +46,81 @@ def fabricate(root: Path, *, top1=(60.0, 70.0), epochs: int = 2, device: str = "
     return root
 
 
+def committed_table(root: Path, finals=(70.0, 66.0, 74.0)) -> Path:
+    """A reference row of three seeds made on a Xeon: final top-1 standard deviation 4."""
+    for seed, final in enumerate(finals):
+        fabricate(root, seed=seed, top1=(60.0, final), device=XEON)
+    return root
+
+
 def compare(reference: Path, candidate: Path, *extra: str, capsys) -> tuple[int, str]:
     code = main(["compare-runs", str(reference), str(candidate), *extra])
     return code, capsys.readouterr().out
 
 
-def test_runs_that_differ_only_in_timing_and_provenance_match(tmp_path, capsys):
+def test_cpu_kind_is_the_model_name_of_the_device():
+    assert cpu_kind(XEON) == "Intel(R) Xeon(R) Processor"
+    assert cpu_kind("cpu (AMD EPYC 7B13, 2 threads)") == "AMD EPYC 7B13"
+    assert cpu_kind("cuda (NVIDIA H200)") == "cuda (NVIDIA H200)"  # no thread count to strip
+    assert cpu_kind(None) == "unknown"
+
+
+def test_runs_that_differ_only_in_timing_and_provenance_are_identical(tmp_path, capsys):
     reference = fabricate(tmp_path / "a")
     candidate = fabricate(tmp_path / "b", seconds=7.0, device="cuda (H200)")
     code, out = compare(reference, candidate, capsys=capsys)
     assert code == 0
-    assert "| row1/seed0 | 3 | identical | 0 | 0 | — |" in out and "1 of 1 runs match" in out
+    assert "row1/seed0: identical (bit for bit, every epoch record and summary result)" in out
+    assert "1 of 1 runs reproduce: 1 identical, 0 within seed noise, 0 not" in out
 
 
-def test_a_changed_accuracy_is_found_with_its_epoch_and_size(tmp_path, capsys):
-    reference = fabricate(tmp_path / "a")
-    candidate = fabricate(tmp_path / "b", top1=(60.0, 70.25))
+def test_another_cpu_kind_within_the_rows_seed_spread_is_within_seed_noise(tmp_path, capsys):
+    reference = committed_table(tmp_path / "a")
+    candidate = fabricate(tmp_path / "b", top1=(60.25, 71.0), device=EPYC)
+    code, out = compare(reference, candidate, capsys=capsys)
+    assert code == 0
+    std = statistics.stdev([70.0, 66.0, 74.0])  # 4: |Δ| 1 lies within it
+    assert (f"row1/seed0: within seed noise (|Δ final top-1| 1.00 points < seed std {std:.2f} of row1 "
+            "(3 seeds)); first difference: epoch 1: test_top1 60.0 -> 60.25") in out
+    assert "reference runs made on: Intel(R) Xeon(R) Processor; retrained on: AMD EPYC 7B13" in out
+    assert "1 of 1 runs reproduce: 0 identical, 1 within seed noise, 0 not" in out
+    [result] = compare_trees(reference, candidate)
+    assert result.seed_std == pytest.approx(std) and result.seeds == 3
+
+
+def test_a_difference_beyond_the_seed_spread_differs(tmp_path, capsys):
+    reference = committed_table(tmp_path / "a")
+    candidate = fabricate(tmp_path / "b", top1=(60.0, 75.0), device=EPYC)
     code, out = compare(reference, candidate, capsys=capsys)
     assert code == 1
-    assert "differs" in out and "epoch 2: test_top1 70.0 -> 70.25" in out
-    assert "| 0.25 |" in out and "0 of 1 runs match" in out
-    # A tolerance that covers the difference counts it as a match.
-    code, out = compare(reference, candidate, "--tolerance", "0.3", capsys=capsys)
-    assert code == 0 and "1 of 1 runs match within 0.3" in out
+    assert "row1/seed0: differs (|Δ final top-1| 5.00 points >= seed std 4.00 of row1 (3 seeds))" in out
+    assert "first difference: epoch 2: test_top1 70.0 -> 75.0" in out
+    assert "0 of 1 runs reproduce: 0 identical, 0 within seed noise, 1 not" in out
+
+
+def test_a_reference_with_one_seed_has_no_seed_noise_to_be_within(tmp_path, capsys):
+    reference = fabricate(tmp_path / "a", device=XEON)
+    candidate = fabricate(tmp_path / "b", top1=(60.0, 70.25), device=EPYC)
+    code, out = compare(reference, candidate, capsys=capsys)
+    assert code == 1
+    assert ("row1/seed0: differs (|Δ final top-1| 0.25 points, but the reference holds 1 finished "
+            "seed(s) of row1: no seed standard deviation to judge it by (needs 2))") in out
+    [result] = compare_trees(reference, candidate)
+    assert (result.seed_std, result.seeds, result.max_top1_difference) == (None, 1, 0.25)
+
+
+@pytest.mark.parametrize("deltas, code", [
+    ((0.0, 0.5), 0),  # one identical, one within seed noise
+    ((0.0, 9.0), 1),  # one identical, one beyond the spread
+    ((0.5, -0.5), 0),  # both within seed noise
+])
+def test_the_exit_status_is_0_only_when_every_run_is_identical_or_within_seed_noise(
+        tmp_path, capsys, deltas, code):
+    finals = (70.0, 66.0, 74.0)
+    reference = committed_table(tmp_path / "a", finals=finals)
+    for seed, delta in enumerate(deltas):
+        fabricate(tmp_path / "b", seed=seed, top1=(60.0, finals[seed] + delta), device=EPYC)
+    assert compare(reference, tmp_path / "b", capsys=capsys)[0] == code
 
 
 def test_nested_values_are_compared(tmp_path):
@@ -89,21 +144,23 @@ def test_a_field_on_one_side_only_is_listed_not_failed(tmp_path, capsys):
     (dict(top1=(60.0,)), "differs"),  # a record missing: the run stopped early
 ])
 def test_runs_that_cannot_match(tmp_path, candidate_args, verdict):
-    [result] = compare_trees(fabricate(tmp_path / "a"), fabricate(tmp_path / "b", **candidate_args))
-    assert result.verdict == verdict
+    reference = committed_table(tmp_path / "a")
+    [result] = compare_trees(reference, fabricate(tmp_path / "b", **candidate_args))
+    # Not within seed noise however close their final top-1: they are not the same run.
+    assert result.verdict == verdict and result.reason
 
 
 @pytest.mark.parametrize("arguments, message", [
     (("{a}", "{missing}"), "is not a directory of runs"),
     (("{a}", "{a}/row1"), "hold no run at the same path"),
-    (("{a}", "{a}", "--tolerance", "-1"), "--tolerance must be >= 0"),
+    (("{a}", "{a}", "--tolerance", "0.3"), "--tolerance is gone"),
 ])
 def test_bad_input_is_one_error_line(tmp_path, capsys, arguments, message):
     fabricate(tmp_path / "a")
     paths = {"a": tmp_path / "a", "missing": tmp_path / "missing"}
     code = main(["compare-runs", *(argument.format(**paths) for argument in arguments)])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: ") and message in err
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
 def test_the_same_run_trained_twice_matches_bit_for_bit(tmp_path):
@@ -118,33 +175,62 @@ def test_the_same_run_trained_twice_matches_bit_for_bit(tmp_path):
         [os.sys.executable, "-m", "lsq", "compare-runs", str(tmp_path / "a"), str(tmp_path / "b")],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("identical") == 2
+    assert result.stdout.count(": identical (bit for bit") == 2
 
 
-def test_make_reproduce_retrains_seed_0_on_one_cpu_thread(tmp_path):
-    """The Makefile recipe, dry-run: make -n still runs the recursive make, printing its trains."""
+def dry_run(target: str, tmp_path: Path, *variables: str) -> subprocess.CompletedProcess:
+    """``make -n TARGET``: it still runs the recursive make (printing its trains) and the
+    comparison, which fails on the empty temp dir before it writes anything."""
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    result = subprocess.run(["make", "-n", "reproduce"], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=60)
+    return subprocess.run(["make", "-n", target, *variables], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("target, profile, compile_flag", [
+    ("reproduce", "quick", "--no-compile"),  # the quick table was made eager
+    ("reproduce-full", "full", "--compile"),  # the full table compiled (a long CPU run)
+])
+def test_make_reproduce_retrains_seed_0_on_one_cpu_thread(tmp_path, target, profile, compile_flag):
+    runs = tmp_path / "runs"
+    for row in range(5):  # the reference runs the recipe checks for before it trains
+        (runs / "fashion-mnist" / profile / f"row{row}" / "seed0").mkdir(parents=True)
+        (runs / "fashion-mnist" / profile / f"row{row}" / "seed0" / "summary.json").write_text("{}")
+    result = dry_run(target, tmp_path, f"RUNS={runs}")
     trains = [line for line in result.stdout.splitlines() if " -m lsq train " in line]
-    assert [int(line.split("--row ")[1].split()[0]) for line in trains] == [0, 1, 2, 3, 4]
+    assert [int(line.split("--row ")[1].split()[0]) for line in trains] == [0, 1, 2, 3, 4], result.stderr
     for line in trains:
-        assert all(flag in line for flag in ("--device cpu", "--no-compile", "--dataset fashion-mnist",
-                                             "--profile quick", "--seed 0", str(tmp_path)))
+        assert all(flag in line.split() for flag in ("--device", "cpu", compile_flag, "--dataset",
+                                                     "fashion-mnist", "--profile", profile, "--seed", "0"))
+        assert str(tmp_path / "lsq-reproduce.") in line and str(runs) + " " not in line
         assert "--wait-for-baseline" not in line
     assert "OMP_NUM_THREADS=1" in result.stdout
+    assert f"ref={runs}/fashion-mnist/{profile};" in result.stdout  # what it compares with
+
+
+def test_make_reproduce_full_stops_before_training_when_the_reference_is_missing(tmp_path):
+    result = dry_run("reproduce-full", tmp_path, f"RUNS={tmp_path / 'runs'}")
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode != 0 and " -m lsq train " not in result.stdout
+    assert f"{tmp_path}/runs/fashion-mnist/full/row0/seed0/summary.json" in error
+    assert "make -j2 fashion-mnist PROFILE=full" in error
 
 
 def test_the_comparison_is_written_for_the_report(tmp_path, capsys):
-    reference = fabricate(tmp_path / "a")
-    candidate = fabricate(tmp_path / "b", top1=(60.0, 70.5), device="cpu (y, 1 threads)")
+    reference = committed_table(tmp_path / "a")
+    candidate = fabricate(tmp_path / "b", top1=(60.0, 70.5), device=EPYC)
     out = tmp_path / "a" / "reproduction.json"
     code, _ = compare(reference, candidate, "--json", str(out), capsys=capsys)
     record = json.loads(out.read_text())
-    assert code == 1
-    assert (record["compared"], record["matched"], record["tolerance"]) == (1, 0, 0.0)
-    assert record["candidate_devices"] == ["cpu (y, 1 threads)"] and record["candidate_git_shas"] == ["1.0"]
+    assert code == 0
+    assert (record["compared"], record["identical"], record["within_seed_noise"], record["reproduced"]) == (1, 0, 1, 1)
+    assert record["candidate_devices"] == [EPYC] and record["reference_devices"] == [XEON]
+    assert record["candidate_cpu_kinds"] == ["AMD EPYC 7B13"]
+    assert record["reference_cpu_kinds"] == ["Intel(R) Xeon(R) Processor"]
+    assert record["candidate_git_shas"] == ["1.0"]
     [run] = record["runs"]
-    assert run["run"] == "row1/seed0" and run["verdict"] == "differs"
+    assert run["run"] == "row1/seed0" and run["verdict"] == "within seed noise"
+    assert (run["reference_cpu_kind"], run["candidate_cpu_kind"]) == ("Intel(R) Xeon(R) Processor", "AMD EPYC 7B13")
     assert run["reference_finished_at"] == "1.0"  # the reference summary's: the report's staleness check
+    assert (run["final_top1_difference"], run["seeds"]) == (0.5, 3) and run["seed_std"] == pytest.approx(4)
     assert run["max_top1_difference"] == 0.5 and "test_top1 70.0 -> 70.5" in run["first_difference"]
+    assert run["reason"].startswith("|Δ final top-1| 0.50 points < seed std 4.00 of row1")

@@ -174,29 +174,47 @@ def test_notebooks_land_in_a_relative_out_dir_and_leave_the_cwd_alone(tmp_path, 
 FINISHED = "2026-11-27T04:16:00Z"  # the fabricated runs' summary.json finished_at
 
 
-@pytest.mark.parametrize("matched, seen, expected", [
-    (1, FINISHED, "retrained at commit abc123 on cpu (x, 1 threads), 2026-11-27: all match the runs above bit for bit"),
-    (0, FINISHED, "retrained at commit abc123 on cpu (x, 1 threads), 2026-11-27: 0 of 1 match; the largest test "
-                  "top-1 difference is 0.25 points (first: row1/seed0, differs, epoch 2: test_top1 70.0 -> 70.25)"),
+NOISE_RUN = {"verdict": "within seed noise", "final_top1_difference": -0.56, "first_difference": "x",
+             "reason": "|Δ final top-1| 0.56 points < seed std 2.43 of row1 (3 seeds)"}
+DIFFERS_RUN = {"verdict": "differs", "final_top1_difference": 0.25, "seed_std": None, "seeds": 1,
+               "first_difference": "epoch 2: test_top1 70.0 -> 70.25",
+               "reason": "|Δ final top-1| 0.25 points, but the reference holds 1 finished seed(s) of row1"}
+MADE_ON = "2026-11-27, against the runs above made on Intel Xeon: "
+
+
+@pytest.mark.parametrize("run, seen, expected", [
+    ({"verdict": "identical"}, FINISHED,
+     f"retrained at commit abc123 on AMD EPYC, {MADE_ON}all identical bit for bit"),
+    (NOISE_RUN, FINISHED, f"retrained at commit abc123 on AMD EPYC, {MADE_ON}1 within seed noise "
+                          "(|Δ final top-1| at most 0.56 points, below the seed standard deviation of its row)"),
+    (DIFFERS_RUN, FINISHED, f"retrained at commit abc123 on AMD EPYC, {MADE_ON}1 differs (first: "
+                            "row1/seed0, |Δ final top-1| 0.25 points, but the reference holds 1 finished seed(s)"),
+    # A record from before the CPU kinds (the committed one): the devices, the reference's from the page.
+    ({"verdict": "differs", "first_difference": "epoch 2: test_top1 70.0 -> 70.25", "old": True}, FINISHED,
+     "retrained at commit abc123 on cpu (x, 1 threads), 2026-11-27, against the runs above made on "
+     "cpu (fabricated, 2 threads): 1 differs (first: row1/seed0, differs, epoch 2: test_top1 70.0 -> 70.25)"),
     # The compared run has been retrained since: the check no longer speaks for it.
-    (1, "2026-11-26T00:00:00Z", "a reproduction check from 2026-11-27 no longer applies: row1/seed0 changed since"),
+    ({"verdict": "identical"}, "2026-11-26T00:00:00Z",
+     "a reproduction check from 2026-11-27 no longer applies: row1/seed0 changed since"),
     (None, FINISHED, None),  # unreadable: a problem on the page, no reproduction line
 ])
-def test_a_page_shows_what_make_reproduce_found(tmp_path, matched, seen, expected):
+def test_a_page_shows_what_make_reproduce_found(tmp_path, run, seen, expected):
     import warnings
 
     from report_fixtures import write_fake_runs
 
     runs = write_fake_runs(tmp_path / "runs", ("synthetic",))
+    run = dict(run or {})
+    old = run.pop("old", False)
     record = {"compared_at": "2026-11-27T12:00:00+00:00", "candidate_git_shas": ["abc123"],
-              "candidate_devices": ["cpu (x, 1 threads)"], "tolerance": 0.0, "compared": 1,
-              "matched": matched, "runs": [{
-                  "run": "row1/seed0", "verdict": "identical" if matched else "differs", "epochs": 3,
-                  "reference_finished_at": seen,
-                  "max_top1_difference": 0.0 if matched else 0.25, "max_loss_difference": 0.0,
-                  "first_difference": "" if matched else "epoch 2: test_top1 70.0 -> 70.25"}]}
+              "candidate_devices": ["cpu (x, 1 threads)"], "compared": 1,
+              "runs": [{"run": "row1/seed0", "epochs": 3, "reference_finished_at": seen,
+                        "max_top1_difference": 0.0, "max_loss_difference": 0.0,
+                        "first_difference": "", **run}]}
+    if not old:
+        record.update(candidate_cpu_kinds=["AMD EPYC"], reference_cpu_kinds=["Intel Xeon"])
     path = runs / "synthetic" / "smoke" / "reproduction.json"
-    path.write_text(json.dumps(record) if matched is not None else "{not json")
+    path.write_text(json.dumps(record) if expected is not None else "{not json")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         build_report(runs, tmp_path / "report", execute_notebooks=False)

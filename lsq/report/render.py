@@ -177,32 +177,44 @@ REPRODUCTION = "reproduction.json"  # written by `make reproduce` (lsq compare-r
 
 
 def _reproduction_text(record: dict, summaries: pd.DataFrame, prefix: str) -> str:
-    """One sentence on a retraining of some of the page's runs (``lsq.compare.record``), or on
-    its being stale: a run it compared has been retrained or removed since."""
-    compared, matched = record["compared"], record["matched"]
+    """One sentence on a retraining of some of the page's runs (``lsq.compare.record``): which
+    kind of match it found (identical, within seed noise, differs) and the CPU kinds of both
+    sides; or on its being stale: a run it compared has been retrained or removed since."""
+    target = "make reproduce-full" if prefix.endswith("/full") else "make reproduce"
     finished = dict(zip(summaries["path"], summaries["finished_at"]))
     changed = [run["run"] for run in record["runs"]
                if finished.get(f"{prefix}/{run['run']}") != run.get("reference_finished_at")]
     if changed:
         return (f"a reproduction check from {record['compared_at'][:10]} no longer applies: "
                 f"{', '.join(changed)} changed since (retrained, removed, or compared before the "
-                "check recorded which run it saw); run `make reproduce` again.")
+                f"check recorded which run it saw); run `{target}` again.")
+    # Records from before the CPU kinds were recorded name the devices of the retrained runs
+    # only; the page's summaries have the reference's.
+    compared = summaries[summaries["path"].isin([f"{prefix}/{run['run']}" for run in record["runs"]])]
+    made_on = ", ".join(record.get("reference_cpu_kinds") or _distinct(compared["device"])) or "?"
+    retrained_on = ", ".join(record.get("candidate_cpu_kinds") or record["candidate_devices"]) or "?"
     where = (f"retrained at commit {', '.join(record['candidate_git_shas']) or '?'} on "
-             f"{'; '.join(record['candidate_devices']) or '?'}, {record['compared_at'][:10]}")
+             f"{retrained_on}, {record['compared_at'][:10]}, against the runs above made on {made_on}")
     names = ", ".join(run["run"] for run in record["runs"])
-    runs = f"{compared} run{'' if compared == 1 else 's'}"
-    if matched == compared and record["tolerance"] == 0:
-        return (f"{runs} ({names}) {where}: all match the runs above bit for bit, every "
-                "epoch record and summary result (`make reproduce`).")
-    largest = max((run["max_top1_difference"] for run in record["runs"]), default=0.0)
-    first = next((run for run in record["runs"] if run["verdict"] != "identical"), None)
-    within = f" within {record['tolerance']:g}" if record["tolerance"] else ""
-    return (f"{runs} ({names}) {where}: {matched} of {compared} match{within}; the "
-            f"largest test top-1 difference is {largest:.2f} points"
-            + (f" (first: {first['run']}, {first['verdict']}"
-               + (f", {first['first_difference']}" if first["first_difference"] else "") + ")"
-               if first else "")
-            + " (`make reproduce`).")
+    count = len(record["runs"])
+    runs = f"{count} run{'' if count == 1 else 's'}"
+    identical = [run for run in record["runs"] if run["verdict"] == "identical"]
+    noise = [run for run in record["runs"] if run["verdict"] == "within seed noise"]
+    other = [run for run in record["runs"] if run not in identical and run not in noise]
+    if len(identical) == count:
+        found = "all identical bit for bit, every epoch record and summary result"
+    else:
+        parts = [f"{len(identical)} identical bit for bit"] if identical else []
+        if noise:
+            largest = max(abs(run["final_top1_difference"]) for run in noise)
+            parts.append(f"{len(noise)} within seed noise (|Δ final top-1| at most {largest:.2f} "
+                         "points, below the seed standard deviation of its row)")
+        if other:
+            first = other[0]
+            why = first.get("reason") or ", ".join(filter(None, (first["verdict"], first["first_difference"])))
+            parts.append(f"{len(other)} differ{'s' if len(other) == 1 else ''} (first: {first['run']}, {why})")
+        found = "; ".join(parts)
+    return f"{runs} ({names}) {where}: {found} (`{target}`)."
 
 
 def _distinct(values: pd.Series) -> list[str]:
