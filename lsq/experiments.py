@@ -1,9 +1,10 @@
-"""The published LSQ tables as data, the extra datasets that reuse their rows, and the ablations.
+"""The published LSQ tables as data, the extra datasets that reuse their rows, the seed README's
+claims with their thresholds, and the ablations.
 
-The report reads the paper's numbers from here only. Row 0 is the float baseline; its published
-accuracy is implied by "accuracy + drop" of the quantized rows (CIFAR-10 89.56; ImageNet
-69.69 top-1 / 89.07 top-5, from row 1; the other rows imply values up to 0.07 away, which the
-report shows as they are).
+The report reads the paper's numbers and the claims' tests from here only. Row 0 is the float
+baseline; its published accuracy is implied by "accuracy + drop" of the quantized rows (CIFAR-10
+89.56; ImageNet 69.69 top-1 / 89.07 top-5, from row 1; the other rows imply values up to 0.07
+away, which the report shows as they are).
 
 Columns follow the seed table: ``quan_lr`` (quantize the first and last layer), ``constr_w``
 (weight levels), ``constr_a`` (activation levels), ``lr_base``, ``epoch``.
@@ -69,6 +70,11 @@ class Table:
     data_kind: str  # "real" or "synthetic"
     has_published: bool  # False: the rows are reused, the paper reported nothing for this data
     description: str = ""
+    name: str = ""  # how the text names the dataset, e.g. "CIFAR-10"
+    # A table with no published numbers may stand in for one that has them: the report puts the
+    # published rows of ``stands_in_for`` beside its own and says what that does and does not show.
+    stands_in_for: str | None = None
+    stand_in_reason: str = ""  # why the published dataset itself was not trained here
 
     def row(self, row_id: int) -> Row:
         for row in self.rows:
@@ -110,22 +116,32 @@ TABLES: dict[str, Table] = {
     "cifar10": Table(
         "cifar10", "resnet20", 10, 3, 32, ("top1",),
         _rows(CIFAR10_PUBLISHED, {"top1": 89.56}), "real", True,
-        "CIFAR-10, ResNet-20 (published table)",
+        "CIFAR-10, ResNet-20 (published table)", "CIFAR-10",
     ),
     "imagenet": Table(
         "imagenet", "resnet18", 1000, 3, 224, ("top1", "top5"),
         _rows(IMAGENET_PUBLISHED, {"top1": 69.69, "top5": 89.07}), "real", True,
-        "ImageNet, ResNet-18 (published table)",
+        "ImageNet, ResNet-18 (published table)", "ImageNet",
     ),
     "fashion-mnist": Table(
         "fashion-mnist", "resnet20", 10, 1, 28, ("top1",), _rows(None, {}), "real", False,
         "Fashion-MNIST, ResNet-20 with a 1-channel stem (real data available offline)",
+        "Fashion-MNIST", stands_in_for="cifar10",
+        stand_in_reason="CIFAR-10 cannot be downloaded on this machine's network, and "
+                        "Fashion-MNIST is installed with the system's packages",
     ),
     "synthetic": Table(
         "synthetic", "resnet20", 10, 3, 32, ("top1",), _rows(None, {}), "synthetic", False,
         "Synthetic CIFAR-shaped tensors: smoke and timing only, accuracies mean nothing",
+        "synthetic data",
     ),
 }
+
+
+DATASETS = tuple(TABLES)
+# Budgets scale the work, never the method (lsq.config); longest first, the order in which the
+# report lists pages and picks a table's strongest evidence.
+PROFILES = ("paper", "full", "quick", "smoke")
 
 
 def get_table(dataset: str) -> Table:
@@ -133,6 +149,112 @@ def get_table(dataset: str) -> Table:
         return TABLES[dataset]
     except KeyError:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(TABLES)}") from None
+
+
+# --- the seed README's claims, each a test on paired per-seed differences ----------------------
+
+BELOW, ABOVE, WITHIN = "below", "above", "within"  # which side of the threshold the claim says
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Final top-1 of row ``first`` minus row ``second``, seed by seed (a drop when ``first`` is
+    the float row 0)."""
+
+    first: int
+    second: int
+
+    @property
+    def label(self) -> str:
+        if self.first == 0:
+            return f"drop row {self.second}"
+        return f"row {self.first} − row {self.second}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the seed README and the test that decides it.
+
+    Each comparison's per-seed differences ``d`` must lie ``side`` of ``threshold`` (top-1
+    points): ``below``: ``d < T``; ``above``: ``d > T``; ``within``: ``|d| < T``. The claim needs
+    every one of its comparisons.
+    """
+
+    key: str
+    quote: str  # the seed README's words
+    about: str  # the dataset the seed said it about
+    comparisons: tuple[Comparison, ...]
+    side: str
+    threshold: float
+    rule: str  # the test in words; "{threshold:g}" is filled in from ``threshold``
+
+    @property
+    def test(self) -> str:
+        return self.rule.format(threshold=self.threshold)
+
+
+# Thresholds, in top-1 points. A drop under 1 point is what quantization papers call "no loss"
+# (the seed's ImageNet row 1 drops 0.26); 1 point also separates the seed's "not obvious" CIFAR
+# first/last effect (0.12, 0.44) from its ImageNet one (2.00, 2.75); 0.5 points is the smallest
+# activation cost worth a claim; 2 points is "significant" for a full-quantization gap (the
+# seed's ImageNet row 4 drops 8.21, its CIFAR row 4 2.32).
+_FIRST_LAST = (Comparison(1, 2), Comparison(3, 4))
+CLAIMS: dict[str, Claim] = {claim.key: claim for claim in (
+    Claim(
+        "weight-only-no-drop",
+        "for just weight quantization, we can achieve comparable performance with float point "
+        "weight", "imagenet", (Comparison(0, 1),), BELOW, 1.0,
+        "row 1 (ternary weights, first/last float) drops less than {threshold:g} point",
+    ),
+    Claim(
+        "first-last-matters",
+        "for imagenet dataset, we can see the influence of first and last layers' quantization",
+        "imagenet", _FIRST_LAST, ABOVE, 1.0,
+        "quantizing first/last adds more than {threshold:g} point of drop, both weight-only "
+        "(row 1 − row 2) and full quantization (row 3 − row 4)",
+    ),
+    Claim(
+        "first-last-not-obvious",
+        "because the mission is easy. the influence of first and last layers' quantization [...] "
+        "is not obvious in this dataset", "cifar10", _FIRST_LAST, WITHIN, 1.0,
+        "quantizing first/last changes accuracy by less than {threshold:g} point either way, both "
+        "weight-only (row 1 − row 2) and full quantization (row 3 − row 4)",
+    ),
+    Claim(
+        "activations-cost",
+        "2-bit activations cost accuracy (the tables: rows 3/4 below rows 1/2 on both datasets; "
+        "the seed calls it \"not obvious\" on CIFAR-10)", "both",
+        (Comparison(1, 3), Comparison(2, 4)), ABOVE, 0.5,
+        "2-bit activations lose more than {threshold:g} point, with first/last float "
+        "(row 1 − row 3) and quantized (row 2 − row 4)",
+    ),
+    Claim(
+        "weight-only-generalises",
+        "for weight quantization, the model achieves better performance after quantization. "
+        "this is because quantization is a way to enhance model's generalization", "cifar10",
+        (Comparison(0, 1),), BELOW, 0.0,
+        "row 1 is more accurate than the float baseline (drop below {threshold:g})",
+    ),
+    Claim(
+        "full-quantization-gap",
+        "for quantizing weight and activation with first and last layers, there is a significant "
+        "gap between float point model and quantized model", "imagenet", (Comparison(0, 4),),
+        ABOVE, 2.0,
+        "row 4 (everything quantized) drops more than {threshold:g} points",
+    ),
+)}
+
+# Across datasets: per seed, the extra drop from quantizing first/last (the mean of
+# ``_FIRST_LAST`` over the pairs measured) on ImageNet minus that on CIFAR-10.
+FIRST_LAST_ACROSS = Claim(
+    "first-last-imagenet-vs-cifar",
+    "for imagenet dataset, we can see the influence of first and last layers' quantization "
+    "[...] the influence [...] is not obvious in this dataset [CIFAR-10]", "both",
+    _FIRST_LAST, ABOVE, 1.0,
+    "the extra drop from quantizing first/last, averaged over rows 1−2 and 3−4, is more than "
+    "{threshold:g} point larger on ImageNet than on CIFAR-10",
+)
+FIRST_LAST_DATASETS = ("imagenet", "cifar10")  # (larger effect claimed, smaller)
 
 
 # --- ablations of the three factors the seed's analysis names --------------------------------
@@ -166,6 +288,17 @@ ABLATION_BASELINE_VALUES = {
     "scheduler": "cosine lr",
 }
 ABLATION_ROWS = (1, 3)
+# The full-data profile spends its CPU budget on row 3 (ternary weights, 2-bit activations), the
+# row whose step sizes matter most.
+_ABLATION_ROWS_BY_PROFILE = {"full": (3,)}
+
+
+def ablation_rows(profile: str) -> tuple[int, ...]:
+    """The rows whose ablations a profile trains."""
+    return _ABLATION_ROWS_BY_PROFILE.get(profile, ABLATION_ROWS)
+# An ablated setting "costs" or "gains" accuracy when the 95 % interval of its paired Δ against
+# the baseline setting lies wholly below −T or above +T points; T = 0 is the plain two-sided test.
+ABLATION_THRESHOLD = 0.0
 
 
 def get_ablation(name: str) -> Ablation:

@@ -9,6 +9,7 @@ import warnings
 import pandas as pd
 import pytest
 from report_fixtures import FINAL_TOP1, write_fake_runs, write_run
+from scipy import stats as scipy_stats
 
 from lsq.report import analysis, claims, figures, tables
 from lsq.report.collect import RunWarning, load_runs
@@ -121,13 +122,29 @@ def test_fashion_table_means_and_paired_drops(runs):
 def test_fashion_table_display(runs):
     n = numbers(runs, "fashion-mnist", "quick").reset_index()
     shown = tables.flatten(tables.format_results_table(n, "fashion-mnist"))
-    assert shown.columns.tolist() == ["ID", "quan_lr", "constr_w", "constr_a", "lr_base",
-                                      "epoch (paper 90)", "seeds", "test_acc", "drop_acc"]
+    # Fashion-MNIST stands in for CIFAR-10: the published CIFAR-10 rows sit beside it.
+    assert shown.columns.tolist() == [
+        "ID", "quan_lr", "constr_w", "constr_a", "lr_base", "epoch (paper 90)", "seeds",
+        "test_acc", "test_acc (CIFAR-10 paper)", "Δ test_acc",
+        "drop_acc", "drop_acc (CIFAR-10 paper)", "Δ drop_acc"]
     assert shown.loc[0].tolist() == ["0", "no", "none", "none", "0.1", "4", "3",
-                                     "92.20 ± 0.20", "reference"]  # no published table: no Δ
-    assert shown.loc[1, "drop_acc"] == "+0.10 ± 0.20"
+                                     "92.20 ± 0.20", "89.56", "+2.64", "reference", "—", "—"]
+    assert shown.loc[1, ["drop_acc", "drop_acc (CIFAR-10 paper)", "Δ drop_acc"]].tolist() == [
+        "+0.10 ± 0.20", "-0.13", "+0.23"]
     assert shown.loc[4, ["seeds", "test_acc", "drop_acc"]].tolist() == [
         "2 (+1 running)", "89.30 ± 0.42", "+2.90 ± 0.14"]
+    # A dataset that stands in for none has no published columns.
+    synthetic = tables.flatten(tables.format_results_table(
+        numbers(runs, "synthetic", "smoke").reset_index(), "synthetic"))
+    assert not any(c.endswith("paper)") or c.startswith("Δ") for c in synthetic.columns)
+
+
+def test_stand_in_note_says_why_and_what_it_does_not_show():
+    note = tables.stand_in_note("fashion-mnist")
+    for words in ("stands in for CIFAR-10", "ResNet-20", "28×28 grey images", "1-channel stem",
+                  "cannot be downloaded", "What it does not show"):
+        assert words in note
+    assert tables.stand_in_note("cifar10") == tables.stand_in_note("synthetic") == ""
 
 
 def test_cifar_table_published_and_deltas(runs):
@@ -205,46 +222,83 @@ def verdicts(runs, dataset, profile):
 
 def test_claims_on_fashion(runs):
     v = verdicts(runs, "fashion-mnist", "quick")
-    assert v["weight-only-no-drop"].verdict == claims.HOLDS
-    assert v["weight-only-no-drop"].evidence == "drop row 1 = +0.10 ± 0.20 (n=3)"
-    assert v["weight-only-no-drop"].n_seeds == 3
-    assert v["activations-cost"].verdict == claims.HOLDS
-    assert "row 1 − row 3 = +1.90 ± 0.20 (n=3)" in v["activations-cost"].evidence
-    assert "row 2 − row 4 = +2.40 ± 0.14 (n=2)" in v["activations-cost"].evidence
-    assert v["first-last-not-obvious"].verdict == claims.HOLDS  # +0.40 and +0.90 <= 1
-    assert "within one seed std" in v["first-last-not-obvious"].caveat  # 0.90 ± 0.14 vs 1.0
-    assert v["weight-only-generalises"].verdict == claims.FAILS  # drop +0.10 > 0
-    assert v["full-quantization-gap"].verdict == claims.HOLDS  # 2.90 > 2
-    assert v["weight-only-no-drop"].paper_verdict == ""  # nothing published for this data
+    # drop row 1: 0.1, 0.3, -0.1 per seed -> 95 % CI [-0.40, +0.60], wholly below 1: holds.
+    no_drop = v["weight-only-no-drop"]
+    assert no_drop.verdict == claims.HOLDS and no_drop.n_seeds == 3
+    assert no_drop.evidence == "drop row 1 = +0.10, 95 % CI [-0.40, +0.60] (n=3)"
+    # ... but not wholly below 0: "generalises" is inconclusive, and 18 seeds would settle it.
+    generalises = v["weight-only-generalises"]
+    assert generalises.verdict == claims.INCONCLUSIVE and generalises.seeds_needed == 18
+    assert v["activations-cost"].verdict == claims.HOLDS  # [+1.40, +2.40] and [+1.13, +3.67]
+    # row 1 − row 2 lies within ±1, row 3 − row 4 (+1.0, +0.8) reaches past +1: 11 seeds.
+    not_obvious = v["first-last-not-obvious"]
+    assert [p.verdict for p in not_obvious.parts] == [claims.HOLDS, claims.INCONCLUSIVE]
+    assert not_obvious.verdict == claims.INCONCLUSIVE and not_obvious.seeds_needed == 11
+    assert v["full-quantization-gap"].verdict == claims.INCONCLUSIVE  # [+1.63, +4.17] vs > 2
+    # The stand-in's "paper" is CIFAR-10's table: row 4 drops 2.32 there.
+    assert v["full-quantization-gap"].paper_verdict == "holds (CIFAR-10 table)"
 
 
-def test_claims_not_measured_and_paper_verdicts(runs):
+def test_claims_table_shows_mean_interval_seeds_threshold_and_verdict(runs):
+    shown = claims.claims_table(list(verdicts(runs, "fashion-mnist", "quick").values()))
+    assert shown.columns.tolist() == claims.CLAIM_COLUMNS
+    line = shown.set_index("comparison").loc["row 1 − row 2; row 3 − row 4"]
+    assert (line["mean"], line["95 % CI"], line["seeds"]) == (
+        "+0.40; +0.90", "[-0.10, +0.90]; [-0.37, +2.17]", "3; 2")
+    assert (line["threshold"], line["verdict"], line["seeds to settle"]) == (
+        "within ±1.00", "inconclusive", "11")
+    settled = shown.set_index("comparison").loc["row 1 − row 3; row 2 − row 4"]
+    assert (settled["verdict"], settled["seeds to settle"]) == ("holds", "—")
+
+
+def test_claims_not_measured_does_not_hold_and_paper_verdicts(runs):
     v = verdicts(runs, "cifar10", "paper")
     assert v["full-quantization-gap"].verdict == claims.NOT_MEASURED  # row 4 not run
     assert v["full-quantization-gap"].n_seeds == 0
     assert v["full-quantization-gap"].paper_verdict == claims.HOLDS  # 2.32 > 2
-    assert v["first-last-not-obvious"].paper_verdict == claims.HOLDS  # 0.12, 0.44
-    assert "only part of the comparison" in v["first-last-not-obvious"].caveat
-    assert v["weight-only-generalises"].verdict == claims.HOLDS  # drop -0.10
+    assert v["first-last-not-obvious"].paper_verdict == claims.HOLDS  # 0.14, 0.44
+    # Half of it measured: no verdict, and no seed count settles a comparison not run.
+    part = v["first-last-not-obvious"]
+    assert part.verdict == claims.INCONCLUSIVE and part.seeds_needed is None
+    assert "only part of the comparison" in part.caveat
+    assert part.parts[1].note == "row 4 not run"
     imagenet = verdicts(runs, "imagenet", "quick")
     assert "first-last-matters" in imagenet
-    assert imagenet["first-last-matters"].verdict == claims.HOLDS  # row 1 − row 2 = 3.00
-    assert imagenet["weight-only-no-drop"].verdict == claims.FAILS  # 9.26
-    assert imagenet["weight-only-no-drop"].paper_verdict == claims.HOLDS  # 0.26
+    # drop row 1: 9.76, 8.76 -> [+2.91, +15.61], wholly above 1: does not hold.
+    no_drop = imagenet["weight-only-no-drop"]
+    assert no_drop.verdict == claims.FAILS and no_drop.seeds_needed is None
+    assert no_drop.paper_verdict == claims.HOLDS  # 0.26
+    # row 1 − row 2 is 3.0 for both seeds: sd 0, the interval is the point, above 1.
+    matters = imagenet["first-last-matters"].parts[0]
+    assert (matters.interval.sd, matters.interval.lo, matters.verdict) == (0.0, 3.0, claims.HOLDS)
 
 
 def test_single_seed_and_synthetic_verdicts_say_so(runs):
     for verdict in verdicts(runs, "synthetic", "smoke").values():
-        assert verdict.n_seeds == 1
+        assert verdict.n_seeds == 1 and verdict.verdict == claims.INCONCLUSIVE
+        assert verdict.seeds_needed is None
         assert "synthetic data" in verdict.caveat and "single seed" in verdict.caveat
+    shown = claims.claims_table(list(verdicts(runs, "synthetic", "smoke").values()))
+    assert set(shown["seeds to settle"]) == {"—"}
+    assert shown.loc[0, "95 % CI"] == "none (1 seed)"
 
 
 def test_cross_dataset_first_last_claim(runs):
     verdict = claims.first_last_across_datasets(runs.summaries)
+    # Per seed: imagenet 3.0, 3.0 (rows 1 − 2) minus cifar10 0.4, 0.2 -> 2.6, 2.8; CI above 1.
     assert verdict.verdict == claims.HOLDS
-    assert verdict.evidence.endswith("difference +2.70")  # imagenet 3.00 vs cifar10 0.30
+    assert verdict.evidence == "imagenet − cifar10 = +2.70, 95 % CI [+1.43, +3.97] (n=2)"
+    assert verdict.paper_verdict == claims.HOLDS
     no_imagenet = runs.summaries[runs.summaries["dataset"] != "imagenet"]
     assert claims.first_last_across_datasets(no_imagenet).verdict == claims.NOT_MEASURED
+
+
+def test_claim_thresholds_are_data_beside_the_claims():
+    from lsq.experiments import CLAIMS
+
+    assert CLAIMS["weight-only-no-drop"].threshold == 1.0
+    assert "less than 1 point" in CLAIMS["weight-only-no-drop"].test
+    assert {c.side for c in CLAIMS.values()} == {"below", "above", "within"}
 
 
 # --- analysis --------------------------------------------------------------------------------
@@ -260,6 +314,12 @@ def test_step_init_ablation_numbers(runs):
     x4 = table.loc[("init-x4", 1)]
     assert x4["top1_mean"] == pytest.approx(89.0)
     assert x4["delta_mean"] == pytest.approx(-3.0) and x4["delta_n"] == 2
+    # -3.0 for both seeds: sd 0, the interval is the point, wholly below 0.
+    assert (x4["delta_lo"], x4["delta_hi"], x4["verdict"]) == (
+        pytest.approx(-3.0), pytest.approx(-3.0), analysis.COSTS)
+    x4_row3 = table.loc[("init-x4", 3)]  # -3.0 and -2.8
+    assert x4_row3["delta_hi"] == pytest.approx(-2.9 + 12.706204736 * 0.1414213562 / 2 ** 0.5)
+    assert x4_row3["verdict"] == analysis.COSTS
     assert x4["nonzero_mean"] == pytest.approx(0.2)
     assert table.loc[("", 1), "top1_n"] == 3  # baseline: the plain table runs
     assert table.loc[("init-maxabs", 3), "top1_n"] == 0
@@ -267,21 +327,44 @@ def test_step_init_ablation_numbers(runs):
     maxabs = shown[shown["setting"] == "max|v|/Q_P init"]
     assert maxabs["final top-1"].tolist() == ["not run", "not run"]
     assert shown.loc[0].tolist() == ["LSQ init x1 (baseline)", "1", "92.10 ± 0.20 (n=3)",
-                                     "reference", "60.0%"]
+                                     "reference", "—", "—", "—", "—", "—", "60.0%"]
+    assert shown.loc[2].tolist() == ["LSQ init x4", "1", "89.00 ± 0.14 (n=2)", "-3.00",
+                                     "[-3.00, -3.00]", "2", "±0.00", "costs", "—", "20.0%"]
 
 
 def test_ablation_verdicts(runs):
     sentences = analysis.verdicts(ablation(runs, "step_init"))
-    assert "LSQ init x4 costs 3.00 points on row 1 (2 seeds), ending with 20% nonzero weights." \
-        in sentences
+    assert ("LSQ init x4 costs 3.00 points on row 1 (95 % CI [-3.00, -3.00], 2 seeds), ending "
+            "with 20% nonzero weights.") in sentences
     assert "max|v|/Q_P init on row 1: not run." in sentences
     scheduler = analysis.verdicts(ablation(runs, "scheduler"))
-    # step lr on row 1: -0.2 and +0.2 vs baseline -> mean 0, within the per-seed spread: inconclusive
-    assert any(s.startswith("step lr on row 1: +0.00 points, within the std of the per-seed differences")
-               and "inconclusive" in s for s in scheduler)
+    # step lr on row 1: -0.2 and +0.2 vs baseline -> mean 0: the interval includes 0, and no
+    # number of seeds settles a mean that sits on the threshold.
+    assert ("step lr on row 1: +0.00 points (95 % CI [-2.54, +2.54], 2 seeds), the interval "
+            "includes 0: inconclusive; no number of seeds would settle it at this mean, ending "
+            "with 60% nonzero weights.") in scheduler
     step_lr = analysis.verdicts(ablation(runs, "step_lr"))
-    assert "step-size lr x10 costs 1.90 points on row 1 (1 seed, no spread estimate: " \
+    assert "step-size lr x10 costs 1.90 points on row 1 (1 seed, no interval: " \
            "indicative only), ending with 60% nonzero weights." in step_lr
+
+
+def test_ablation_inconclusive_gives_the_seeds_to_settle(tmp_path):
+    """Two seeds whose Δ differ in sign but not in mean: the seed count comes from the spread."""
+    for seed, (base, ablated) in enumerate([(90.0, 89.0), (90.0, 89.6), (90.0, 89.2)]):
+        write_run(tmp_path, "fashion-mnist", "quick", "row0", seed, 92.0)
+        write_run(tmp_path, "fashion-mnist", "quick", "row1", seed, base)
+        write_run(tmp_path, "fashion-mnist", "quick", "row1-sched-step", seed, ablated)
+    loaded = load_runs(tmp_path).select("fashion-mnist", "quick")
+    table = analysis.ablation_table(loaded.summaries, loaded.in_progress, "scheduler")
+    line = table.set_index(["ablation", "row"]).loc[("sched-step", 1)]
+    # Δ -1.0, -0.4, -0.8: mean -0.733, sd 0.306, 95 % CI [-1.49, +0.03]: includes 0.
+    assert line["verdict"] == "inconclusive"
+    n = 2  # by hand: the first n whose t half-width at this sd is below |mean|
+    while scipy_stats.t.ppf(0.975, n - 1) * line["delta_std"] / n ** 0.5 >= abs(line["delta_mean"]):
+        n += 1
+    assert line["seeds_needed"] == n == 4
+    sentence = next(s for s in analysis.verdicts(table) if s.startswith("step lr on row 1"))
+    assert "inconclusive; 4 seeds would settle it at this mean and spread" in sentence
 
 
 def test_has_ablations(runs):

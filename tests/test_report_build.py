@@ -54,6 +54,19 @@ def test_markdown_and_html_show_the_same_table(full):
     assert len({line.count("|") for line in table[:7]}) == 1  # header, rule, rows 0-4 aligned
 
 
+def test_claims_tables_show_intervals_in_markdown_and_html(full):
+    markdown = (full.out / "fashion-mnist-quick.md").read_text()
+    html = (full.out / "site" / "fashion-mnist-quick.html").read_text()
+    header = ("| claim (seed README) | test | comparison | mean | 95 % CI | seeds | threshold | "
+              "verdict | seeds to settle | on the paper's numbers | caveat |")
+    assert header in markdown
+    line = next(row for row in markdown.splitlines() if "| drop row 4 |" in row)
+    assert "| +2.90 | [+1.63, +4.17] | 2 | > 2.00 | inconclusive | 3 |" in line
+    assert '<td class="verdict v-none">inconclusive</td>' in html
+    assert '<td class="num">[+1.63, +4.17]</td>' in html
+    assert "95 % Student-t interval" in markdown and "95 % Student-t interval" in html
+
+
 def test_synthetic_pages_carry_the_banner(full):
     banner = "SYNTHETIC DATA: numbers measure nothing about LSQ"
     for name in ("site/synthetic-smoke.html", "site/synthetic-smoke-analysis.html",
@@ -90,14 +103,17 @@ def test_in_progress_and_corrupt_runs_are_reported_not_used(full):
     assert "fashion-mnist/quick/row4/seed2 | 1 of 2" in index
     assert "fashion-mnist/quick/row1/seed0/metrics.jsonl: line 4 is not valid JSON" in index
     fashion = (full.out / "fashion-mnist-quick.md").read_text()
-    assert "| 2 (+1 running) | 89.30 ± 0.42 | +2.90 ± 0.14 |" in fashion
+    assert "| 2 (+1 running) | 89.30 ± 0.42 | 87.24 | +2.06 | +2.90 ± 0.14 | 2.32 | +0.58 |" \
+        in fashion
 
 
 def test_analysis_page(full):
     text = (full.out / "fashion-mnist-quick-analysis.md").read_text()
     for title in ("Step-size initial value", "Step-size learning rate", "Learning-rate scheduler"):
         assert f"## {title}" in text
-    assert "LSQ init x4 costs 3.00 points on row 1 (2 seeds)" in text
+    assert "LSQ init x4 costs 3.00 points on row 1 (95 % CI [-3.00, -3.00], 2 seeds)" in text
+    assert "| LSQ init x4 | 1 | 89.00 ± 0.14 (n=2) | -3.00 | [-3.00, -3.00] | 2 | ±0.00 | costs |" \
+        in text
     assert "constant lr on row 3: not run." in text
 
 

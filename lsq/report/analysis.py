@@ -2,9 +2,11 @@
 
 For each factor of ``lsq.experiments.ABLATIONS`` and each ablated row, one line per setting: the
 final top-1 mean ± std (n), Δ vs the baseline setting (the plain table run of the same row and
-seed, paired per seed) and the fraction of nonzero ternary weights at the end. A verdict
-sentence per (setting, row) is derived from those numbers: a difference no larger than the seed
-spread is called inconclusive, and a single seed is said to be a single seed.
+seed, paired per seed) with its 95 % Student-t interval (:mod:`lsq.report.stats`), and the
+fraction of nonzero ternary weights at the end. A setting *costs* (or *gains*) accuracy when the
+whole interval of Δ lies below ``−T`` (above ``+T``), ``T = ABLATION_THRESHOLD``; otherwise the
+comparison is inconclusive, and says how many seeds would settle it at the observed spread. A
+single seed has no interval and is said to be a single seed.
 """
 
 from __future__ import annotations
@@ -13,8 +15,14 @@ import math
 
 import pandas as pd
 
-from lsq.experiments import ABLATION_BASELINE_VALUES, ABLATION_ROWS, ABLATIONS
-from lsq.report.tables import NOT_RUN, Estimate, estimate, paired_difference
+from lsq.experiments import (ABLATION_BASELINE_VALUES, ABLATION_ROWS, ABLATION_THRESHOLD,
+                             ABLATIONS, WITHIN)
+from lsq.report import stats
+from lsq.report.tables import NOT_RUN, Estimate, estimate
+
+COSTS, GAINS, NO_EFFECT = "costs", "gains", "no effect"
+DELTA_COLUMNS = ["Δ vs baseline", "95 % CI", "seeds", "threshold", "verdict", "seeds to settle"]
+DASH = stats.DASH
 
 FACTORS = {
     "step_init": "Step-size initial value",
@@ -56,8 +64,11 @@ def ablation_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, factor: s
     """Numbers for one factor of one (dataset, profile): a line per (setting, row).
 
     Columns: ``setting``, ``ablation`` ("" = baseline), ``row``, ``top1_mean/std/n``,
-    ``delta_mean/std/n/paired`` (setting − baseline, per seed), ``baseline_std``,
-    ``nonzero_mean`` (1 − final weight sparsity), ``in_progress``.
+    ``delta_mean/std/n`` (setting − baseline over the seeds both have) and ``delta_lo/hi`` (its
+    95 % interval; NaN for n < 2), ``verdict`` (``costs``, ``gains``, ``no effect``,
+    ``inconclusive``, ``not measured``; "" for the baseline line), ``seeds_needed`` (for an
+    inconclusive one; None for "—"), ``baseline_std``, ``nonzero_mean`` (1 − final weight
+    sparsity), ``in_progress``.
     """
     records = []
     for row in ablated_rows(summaries):
@@ -65,17 +76,17 @@ def ablation_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, factor: s
         for name, value in settings(factor):
             finals = _finals(summaries, row, name, "final_top1")
             accuracy = estimate(finals)
-            delta = paired_difference(finals, baseline) if name else Estimate(0.0, 0.0, accuracy.n)
-            if not accuracy.measured:
-                delta = Estimate(float("nan"), float("nan"), 0)
+            delta = stats.paired(finals, baseline) if name else stats.NONE
+            verdict, needed = _verdict(delta) if name else ("", None)
             sparsity = _finals(summaries, row, name, "final_weight_sparsity").dropna()
             waiting = int(((in_progress["row"] == row)
                            & (in_progress["ablation"] == name)).sum()) if len(in_progress) else 0
             records.append({
                 "setting": value, "ablation": name, "row": row,
                 "top1_mean": accuracy.mean, "top1_std": accuracy.std, "top1_n": accuracy.n,
-                "delta_mean": delta.mean, "delta_std": delta.std, "delta_n": delta.n,
-                "delta_paired": delta.paired,
+                "delta_mean": delta.mean, "delta_std": delta.sd, "delta_n": delta.n,
+                "delta_lo": delta.lo, "delta_hi": delta.hi,
+                "verdict": verdict, "seeds_needed": needed,
                 "baseline_std": estimate(baseline).std,
                 "nonzero_mean": float((1 - sparsity).mean()) if len(sparsity) else math.nan,
                 "in_progress": waiting,
@@ -83,65 +94,102 @@ def ablation_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, factor: s
     return pd.DataFrame.from_records(records)
 
 
+def _verdict(delta: stats.Interval) -> tuple[str, int | None]:
+    """(verdict word, the seeds that would settle an inconclusive one)."""
+    verdict = stats.verdict(delta, ABLATION_THRESHOLD, WITHIN)
+    if verdict == stats.FAILS:  # wholly outside ±T: the side says which
+        return (COSTS if delta.hi < 0 else GAINS), None
+    if verdict == stats.HOLDS:
+        return NO_EFFECT, None
+    if verdict == stats.INCONCLUSIVE:
+        return verdict, stats.seeds_to_settle(delta, ABLATION_THRESHOLD, WITHIN)
+    return verdict, None
+
+
+def _delta(record: pd.Series) -> stats.Interval:
+    return stats.Interval(record["delta_mean"], record["delta_std"], int(record["delta_n"]),
+                          record["delta_lo"], record["delta_hi"])
+
+
+def _seeds_needed(record: pd.Series) -> int | None:
+    value = record["seeds_needed"]
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def threshold_text() -> str:
+    return f"±{ABLATION_THRESHOLD:.2f}"
+
+
 def format_ablation_table(numbers: pd.DataFrame) -> pd.DataFrame:
     """Display strings (the same frame feeds markdown and HTML)."""
     lines = []
     for _, r in numbers.iterrows():
         accuracy = Estimate(r["top1_mean"], r["top1_std"], int(r["top1_n"]))
-        delta = Estimate(r["delta_mean"], r["delta_std"], int(r["delta_n"]),
-                         bool(r["delta_paired"]))
+        delta, baseline = _delta(r), not r["ablation"]
         if accuracy.measured:
             final = accuracy.format()
         else:
             final = f"in progress ({r['in_progress']})" if r["in_progress"] else NOT_RUN
+        if baseline:
+            cells = ["reference", DASH, DASH, DASH, DASH, DASH]
+        elif not accuracy.measured:
+            cells = [DASH] * 6
+        elif not delta.measured:
+            cells = ["no baseline run", DASH, DASH, threshold_text(), stats.NOT_MEASURED, DASH]
+        else:
+            cells = [delta.format_mean(), delta.format_interval(), str(delta.n), threshold_text(),
+                     r["verdict"], stats.format_seeds(_seeds_needed(r))]
         lines.append({
-            "setting": r["setting"] + (" (baseline)" if not r["ablation"] else ""),
+            "setting": r["setting"] + (" (baseline)" if baseline else ""),
             "row": str(r["row"]),
             "final top-1": final,
-            "Δ vs baseline": ("reference" if not r["ablation"] else delta.format(signed=True))
-            if accuracy.measured else "—",
-            "nonzero weights at end": "—" if math.isnan(r["nonzero_mean"])
+            **dict(zip(DELTA_COLUMNS, cells)),
+            "nonzero weights at end": DASH if math.isnan(r["nonzero_mean"])
             else f"{100 * r['nonzero_mean']:.1f}%",
         })
-    return pd.DataFrame(lines)
+    return pd.DataFrame(lines, columns=["setting", "row", "final top-1", *DELTA_COLUMNS,
+                                        "nonzero weights at end"])
 
 
 def verdicts(numbers: pd.DataFrame) -> list[str]:
-    """One sentence per (ablation, row), derived from ``ablation_table`` numbers."""
+    """One sentence per (ablation, row), derived from ``ablation_table`` numbers.
+
+    Each ablation run starts from the same float model as its baseline run (same seed), so the
+    per-seed differences are the measurement, and their interval decides: not the accuracy
+    spread across seeds, which is mostly the float baselines' own seed-to-seed variation.
+    """
     sentences = []
     for _, r in numbers[numbers["ablation"] != ""].iterrows():
         where = f"row {r['row']}"
         if not r["top1_n"]:
             sentences.append(f"{r['setting']} on {where}: not run.")
             continue
-        if not r["delta_n"] or math.isnan(r["delta_mean"]):
+        delta = _delta(r)
+        if not delta.measured:
             sentences.append(f"{r['setting']} on {where}: the baseline run is missing, no Δ.")
             continue
-        delta, n = float(r["delta_mean"]), int(r["delta_n"])
-        seeds = f"{n} seed{'s' if n > 1 else ''}"
-        verb = "costs" if delta < 0 else "gains"
-        base = f"{r['setting']} {verb} {abs(delta):.2f} points on {where}"
+        seeds = f"{delta.n} seed{'s' if delta.n > 1 else ''}"
         nonzero = ""
         if not math.isnan(r["nonzero_mean"]):
             nonzero = f", ending with {100 * r['nonzero_mean']:.0f}% nonzero weights"
-        if n < 2 or not r["delta_paired"]:
-            why = "1 seed, no spread estimate" if n < 2 else "unpaired seeds"
-            sentences.append(f"{base} ({why}: indicative only){nonzero}.")
+        if not delta.has_interval:
+            verb = "costs" if delta.mean < 0 else "gains"
+            sentences.append(f"{r['setting']} {verb} {abs(delta.mean):.2f} points on {where} "
+                             f"(1 seed, no interval: indicative only){nonzero}.")
             continue
-        # Each ablation run starts from the same float model as its baseline run (same seed),
-        # so the per-seed differences are the measurement: judge the mean difference against
-        # their spread, not against the accuracy spread across seeds, which is mostly the
-        # float baselines' own seed-to-seed variation.
-        spread = _nan_to_zero(r["delta_std"])
-        if abs(delta) <= spread:
-            shown = Estimate(delta, 0.0, 1).format(signed=True, show_n=False)  # no "-0.00"
-            sentences.append(
-                f"{r['setting']} on {where}: {shown} points, within the std of the per-seed "
-                f"differences ({spread:.2f}, {seeds}): inconclusive{nonzero}.")
+        ci = f"95 % CI {delta.format_interval()}, {seeds}"
+        if r["verdict"] in (COSTS, GAINS):
+            sentences.append(f"{r['setting']} {r['verdict']} {abs(delta.mean):.2f} points on "
+                             f"{where} ({ci}){nonzero}.")
+        elif r["verdict"] == NO_EFFECT:
+            sentences.append(f"{r['setting']} on {where}: {delta.format_mean()} points ({ci}), "
+                             f"within {threshold_text()}: no effect{nonzero}.")
         else:
-            sentences.append(f"{base} ({seeds}){nonzero}.")
+            needed = _seeds_needed(r)
+            settle = (f"{needed} seeds would settle it at this mean and spread" if needed
+                      else "no number of seeds would settle it at this mean")
+            boundary = "0" if ABLATION_THRESHOLD == 0 else threshold_text()
+            sentences.append(f"{r['setting']} on {where}: {delta.format_mean()} points ({ci}), "
+                             f"the interval includes {boundary}: inconclusive; "
+                             f"{settle}{nonzero}.")
     return sentences
-
-
-def _nan_to_zero(value: float) -> float:
-    return 0.0 if value is None or math.isnan(value) else float(value)

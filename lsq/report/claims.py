@@ -1,181 +1,147 @@
-"""The seed README's claims, each checked against the measured runs with a stated threshold.
+"""The seed README's claims (``lsq.experiments.CLAIMS``), each decided by a 95 % interval.
 
-A verdict is one of ``holds``, ``does not hold`` or ``not measured`` and is derived only from the
-numbers shown beside it. Every verdict carries the seeds it rests on; a single seed, seed sets
-that do not pair, a margin inside the seed spread, or synthetic data are said in ``caveat``.
-Where the paper published the table, the same rule is also applied to the published numbers, so
-a reader can tell "the claim does not survive our runs" from "the claim never matched the paper".
+Every comparison of a claim is a paired per-seed difference of final top-1 (runs paired by seed),
+with its mean and 95 % Student-t interval (:mod:`lsq.report.stats`). A comparison *holds* when its
+whole interval lies on the claim's side of the threshold, *does not hold* when it lies wholly on
+the other side, and is *inconclusive* otherwise. A claim holds when all its comparisons hold,
+does not hold when any does not, and is inconclusive otherwise (also when part of it was not run).
+An inconclusive claim says how many seeds would settle it at the observed mean and spread.
+
+Where the paper published the table (or the one a dataset stands in for), the same rule is
+applied to the published numbers, which, one value each, are compared as points.
 
 All comparisons are in top-1 accuracy points; drops are ``float − quantized`` (see tables.py).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import pandas as pd
 
-from lsq.config import PROFILES
-from lsq.experiments import get_table
-from lsq.report.tables import Estimate, by_seed, row_difference
+from lsq.experiments import CLAIMS, FIRST_LAST_ACROSS, FIRST_LAST_DATASETS, Claim, Comparison
+from lsq.report import stats
+from lsq.report.collect import longest_profile
+from lsq.report.stats import FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, Interval
+from lsq.report.tables import by_seed, reference_table
 
-HOLDS, FAILS, NOT_MEASURED = "holds", "does not hold", "not measured"
+__all__ = ["CLAIMS", "FAILS", "HOLDS", "INCONCLUSIVE", "NOT_MEASURED", "Part", "Verdict",
+           "claims_for", "claims_table", "evaluate_claims", "first_last_across_datasets",
+           "published_pivot"]
 
-# Thresholds, in top-1 points. A drop under 1 point is what quantization papers call "no loss"
-# (the seed's ImageNet row 1 drops 0.26); 1 point also separates the seed's "not obvious" CIFAR
-# first/last effect (0.12, 0.44) from its ImageNet one (2.00, 2.75); 0.5 points is the smallest
-# activation cost worth a claim; 2 points is "significant" for a full-quantization gap (the
-# seed's ImageNet row 4 drops 8.21, its CIFAR row 4 2.32).
-NO_DROP = 1.0
-FIRST_LAST_MATTERS = 1.0
-ACTIVATION_COST = 0.5
-SIGNIFICANT_GAP = 2.0
+VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED)
 
 
 @dataclass(frozen=True)
-class Claim:
-    key: str
-    quote: str  # the seed README's words
-    about: str  # the dataset the seed said it about
-    test: str  # the rule, with its threshold
+class Part:
+    """One comparison of a claim: its interval, verdict and the seeds that would settle it."""
 
-
-CLAIMS = {
-    "weight-only-no-drop": Claim(
-        "weight-only-no-drop",
-        "for just weight quantization, we can achieve comparable performance with float point "
-        "weight", "imagenet",
-        f"row 1 (ternary weights, first/last float) drops at most {NO_DROP:.1f} point",
-    ),
-    "first-last-matters": Claim(
-        "first-last-matters",
-        "for imagenet dataset, we can see the influence of first and last layers' quantization",
-        "imagenet",
-        "quantizing first/last adds more than "
-        f"{FIRST_LAST_MATTERS:.1f} point of drop, both weight-only (row 1 − row 2) and full "
-        "quantization (row 3 − row 4)",
-    ),
-    "first-last-not-obvious": Claim(
-        "first-last-not-obvious",
-        "because the mission is easy. the influence of first and last layers' quantization [...] "
-        "is not obvious in this dataset", "cifar10",
-        f"quantizing first/last changes accuracy by at most {FIRST_LAST_MATTERS:.1f} point, both "
-        "weight-only (row 1 − row 2) and full quantization (row 3 − row 4)",
-    ),
-    "activations-cost": Claim(
-        "activations-cost",
-        "2-bit activations cost accuracy (the tables: rows 3/4 below rows 1/2 on both datasets; "
-        "the seed calls it \"not obvious\" on CIFAR-10)", "both",
-        f"2-bit activations lose more than {ACTIVATION_COST:.1f} point, with first/last float "
-        "(row 1 − row 3) and quantized (row 2 − row 4)",
-    ),
-    "weight-only-generalises": Claim(
-        "weight-only-generalises",
-        "for weight quantization, the model achieves better performance after quantization. "
-        "this is because quantization is a way to enhance model's generalization", "cifar10",
-        "row 1 is more accurate than the float baseline (drop < 0)",
-    ),
-    "full-quantization-gap": Claim(
-        "full-quantization-gap",
-        "for quantizing weight and activation with first and last layers, there is a significant "
-        "gap between float point model and quantized model", "imagenet",
-        f"row 4 (everything quantized) drops more than {SIGNIFICANT_GAP:.1f} points",
-    ),
-}
+    label: str
+    interval: Interval
+    verdict: str
+    seeds_needed: int | None
+    note: str = ""  # why there is no number, e.g. "not run"
 
 
 @dataclass(frozen=True)
 class Verdict:
     claim: Claim
     verdict: str
-    evidence: str  # the numbers used
-    n_seeds: int
+    parts: tuple[Part, ...]
     caveat: str = ""
     paper_verdict: str = ""  # the same rule on the published numbers; "" if none published
+    seeds_needed: int | None = None  # for an inconclusive claim; None: "—"
+
+    @property
+    def n_seeds(self) -> int:
+        """The fewest seeds any measured comparison rests on (0: none measured)."""
+        return min((p.interval.n for p in self.parts if p.interval.measured), default=0)
+
+    @property
+    def evidence(self) -> str:
+        """The numbers in one line, e.g. ``drop row 1 = +0.10, 95 % CI [-0.40, +0.60] (n=3)``."""
+        return "; ".join(_part_text(p) for p in self.parts)
 
 
-# --- rules: each takes a (seed × row) pivot of final top-1 and returns (verdict, numbers) -------
+def _part_text(part: Part) -> str:
+    if not part.interval.measured:
+        return f"{part.label}: {part.note or 'not run'}"
+    found = part.interval
+    if not found.has_interval:
+        return f"{part.label} = {found.format_mean()} (1 seed, no interval)"
+    return f"{part.label} = {found.format_mean()}, 95 % CI {found.format_interval()} (n={found.n})"
 
 
-def _drop(pivot: pd.DataFrame, row: int) -> Estimate:
-    return row_difference(pivot, 0, row)
+# --- deciding ------------------------------------------------------------------------------------
 
 
-def _all_pass(estimates: dict[str, Estimate], passes) -> str:
-    """``holds`` when every measured comparison passes; a claim needs all its parts."""
-    measured = [e for e in estimates.values() if e.measured]
-    if not measured:
-        return NOT_MEASURED
-    return HOLDS if all(passes(e.mean) for e in measured) else FAILS
+def _part(label: str, found: Interval, claim: Claim, note: str = "") -> Part:
+    verdict = stats.verdict(found, claim.threshold, claim.side)
+    needed = stats.seeds_to_settle(found, claim.threshold, claim.side) \
+        if verdict == INCONCLUSIVE else None
+    return Part(label, found, verdict, needed, note)
 
 
-def _evidence(estimates: dict[str, Estimate]) -> str:
-    parts = [f"{name} = {e.format(signed=True)}" if e.measured else f"{name}: not run"
-             for name, e in estimates.items()]
-    return "; ".join(parts)
+def _compare(pivot: pd.DataFrame, comparison: Comparison) -> tuple[Interval, str]:
+    """The paired interval of one comparison on a (seed × row) pivot, or why there is none."""
+    missing = [row for row in (comparison.first, comparison.second) if row not in pivot]
+    if missing:
+        return stats.NONE, f"row {missing[0]} not run"
+    found = stats.paired(pivot[comparison.first], pivot[comparison.second])
+    return found, "" if found.measured else "no seed has both rows"
 
 
-def _rule(key: str, pivot: pd.DataFrame) -> tuple[str, dict[str, Estimate], float]:
-    """(verdict, the estimates used, threshold) of one claim on one pivot."""
-    if key == "weight-only-no-drop":
-        estimates = {"drop row 1": _drop(pivot, 1)}
-        threshold, passes = NO_DROP, (lambda v: v <= NO_DROP)
-    elif key in ("first-last-matters", "first-last-not-obvious"):
-        estimates = {
-            "row 1 − row 2": row_difference(pivot, 1, 2),
-            "row 3 − row 4": row_difference(pivot, 3, 4),
-        }
-        threshold = FIRST_LAST_MATTERS
-        if key == "first-last-matters":
-            passes = lambda v: v > FIRST_LAST_MATTERS  # noqa: E731
-        else:
-            passes = lambda v: abs(v) <= FIRST_LAST_MATTERS  # noqa: E731
-    elif key == "activations-cost":
-        estimates = {
-            "row 1 − row 3": row_difference(pivot, 1, 3),
-            "row 2 − row 4": row_difference(pivot, 2, 4),
-        }
-        threshold, passes = ACTIVATION_COST, (lambda v: v > ACTIVATION_COST)
-    elif key == "weight-only-generalises":
-        estimates = {"drop row 1": _drop(pivot, 1)}
-        threshold, passes = 0.0, (lambda v: v < 0.0)
-    elif key == "full-quantization-gap":
-        estimates = {"drop row 4": _drop(pivot, 4)}
-        threshold, passes = SIGNIFICANT_GAP, (lambda v: v > SIGNIFICANT_GAP)
+def _combine(claim: Claim, parts: tuple[Part, ...], caveats: list[str],
+             paper: str = "") -> Verdict:
+    verdicts = [p.verdict for p in parts]
+    if all(v == NOT_MEASURED for v in verdicts):
+        return Verdict(claim, NOT_MEASURED, parts, "; ".join(caveats), paper)
+    if FAILS in verdicts:
+        return Verdict(claim, FAILS, parts, "; ".join(caveats), paper)
+    if all(v == HOLDS for v in verdicts):
+        return Verdict(claim, HOLDS, parts, "; ".join(caveats), paper)
+    if NOT_MEASURED in verdicts:
+        caveats = caveats + ["only part of the comparison was run"]
+        needed = None
     else:
-        raise ValueError(f"unknown claim {key!r}; choose one of {sorted(CLAIMS)}")
-    verdict = _all_pass(estimates, passes)
-    return verdict, estimates, threshold
+        # The claim is settled once its last open comparison is.
+        open_parts = [p.seeds_needed for p in parts if p.verdict == INCONCLUSIVE]
+        needed = None if None in open_parts else max(open_parts)
+    return Verdict(claim, INCONCLUSIVE, parts, "; ".join(caveats), paper, needed)
 
 
-def _caveat(estimates: dict[str, Estimate], threshold: float, key: str, data_kind: str) -> str:
+def _caveats(parts: tuple[Part, ...], data_kind: str) -> list[str]:
     notes = []
-    measured = [e for e in estimates.values() if e.measured]
     if data_kind == "synthetic":
         notes.append("synthetic data: this verdict measures nothing about LSQ")
-    if any(not e.paired for e in measured):
-        notes.append("seed sets differ, so the difference is unpaired and has no spread")
-    elif any(e.n == 1 for e in measured):
-        notes.append("a single seed: no spread estimate, read as indicative only")
-    else:
-        for e in measured:
-            # For the two-sided "not obvious" rule the margin is measured to ±threshold.
-            distance = (threshold - abs(e.mean)) if key == "first-last-not-obvious" \
-                else abs(e.mean - threshold)
-            if not math.isnan(e.std) and abs(distance) < e.std:
-                notes.append("the margin to the threshold is within one seed std: inconclusive "
-                             "at this number of seeds")
-                break
-    if len([e for e in estimates.values() if e.measured]) < len(estimates) and measured:
-        notes.append("only part of the comparison was run")
-    return "; ".join(notes)
+    if any(p.interval.n == 1 for p in parts):
+        notes.append("a single seed: no interval, so no verdict")
+    return notes
+
+
+def _paper_verdict(claim: Claim, published: pd.DataFrame, dataset: str) -> str:
+    if published.empty:
+        return ""
+    verdict = _published_verdict(claim, published)
+    reference = reference_table(dataset)
+    return verdict if reference.dataset == dataset else f"{verdict} ({reference.name} table)"
+
+
+def _published_verdict(claim: Claim, published: pd.DataFrame) -> str:
+    values = [published[c.first].iloc[0] - published[c.second].iloc[0]
+              if c.first in published and c.second in published else float("nan")
+              for c in claim.comparisons]
+    verdicts = [stats.point_verdict(v, claim.threshold, claim.side) for v in values]
+    if FAILS in verdicts:
+        return FAILS
+    return HOLDS if all(v == HOLDS for v in verdicts) else NOT_MEASURED
 
 
 def published_pivot(dataset: str) -> pd.DataFrame:
-    """The published top-1 numbers as a one-"seed" pivot (empty when none were published)."""
-    table = get_table(dataset)
-    if not table.has_published:
+    """The published top-1 numbers as a one-"seed" pivot: the dataset's own table, or the one it
+    stands in for (empty when there is none)."""
+    table = reference_table(dataset)
+    if table is None:
         return pd.DataFrame()
     values = {row.id: row.published["top1"] for row in table.rows if "top1" in row.published}
     return pd.DataFrame([values], index=pd.Index([0], name="seed"))
@@ -197,80 +163,95 @@ def evaluate_claims(summaries: pd.DataFrame, dataset: str) -> list[Verdict]:
     published = published_pivot(dataset)
     verdicts = []
     for key in claims_for(dataset):
-        verdict, estimates, threshold = _rule(key, pivot)
-        measured = [e for e in estimates.values() if e.measured]
-        paper = _rule(key, published)[0] if not published.empty else ""
-        verdicts.append(Verdict(
-            CLAIMS[key], verdict,
-            _evidence(estimates) if measured else "the rows it needs were not run",
-            min((e.n for e in measured), default=0),
-            _caveat(estimates, threshold, key, data_kind) if measured else "",
-            paper,
-        ))
+        claim = CLAIMS[key]
+        parts = []
+        for comparison in claim.comparisons:
+            found, note = _compare(pivot, comparison)
+            parts.append(_part(comparison.label, found, claim, note))
+        parts = tuple(parts)
+        measured = tuple(p for p in parts if p.interval.measured)
+        verdicts.append(_combine(claim, parts, _caveats(measured, data_kind),
+                                 _paper_verdict(claim, published, dataset)))
     return verdicts
 
 
 def first_last_across_datasets(summaries: pd.DataFrame) -> Verdict:
-    """"First/last matters on ImageNet, less on CIFAR": the mean extra drop from quantizing
-    first/last on ImageNet minus that on CIFAR-10, each from its longest-trained profile."""
-    claim = Claim(
-        "first-last-imagenet-vs-cifar",
-        "for imagenet dataset, we can see the influence of first and last layers' quantization "
-        "[...] the influence [...] is not obvious in this dataset [CIFAR-10]", "both",
-        f"the extra drop from quantizing first/last, averaged over rows 1−2 and 3−4, is more than "
-        f"{FIRST_LAST_MATTERS:.1f} point larger on ImageNet than on CIFAR-10",
-    )
-    effects, parts, n = {}, [], []
-    for dataset in ("imagenet", "cifar10"):
-        best = _longest_profile(summaries, dataset)
-        if best is None:
-            parts.append(f"{dataset}: not run")
+    """"First/last matters on ImageNet, less on CIFAR-10": per seed, the extra drop from
+    quantizing first/last on ImageNet minus that on CIFAR-10, each dataset from its
+    longest-trained profile; seeds are paired by number (the runs are independent, so the
+    differences are too)."""
+    claim = FIRST_LAST_ACROSS
+    effects, notes = {}, []
+    for dataset in FIRST_LAST_DATASETS:
+        runs = longest_profile(summaries, dataset)
+        if runs is None:
+            notes.append(f"{dataset}: not run")
             continue
-        pivot = by_seed(best, "top1")
-        pairs = [row_difference(pivot, 1, 2), row_difference(pivot, 3, 4)]
-        pairs = [p for p in pairs if p.measured]
-        if not pairs:
-            parts.append(f"{dataset}: rows 1-4 not run")
+        pivot = by_seed(runs, "top1")
+        pairs = [pivot[c.first] - pivot[c.second] for c in claim.comparisons
+                 if c.first in pivot and c.second in pivot]
+        per_seed = pd.concat(pairs, axis=1).dropna().mean(axis=1) if pairs else pd.Series()
+        if per_seed.empty:
+            notes.append(f"{dataset}: rows 1-4 not run")
             continue
-        effects[dataset] = sum(p.mean for p in pairs) / len(pairs)
-        n.append(min(p.n for p in pairs))
-        parts.append(f"{dataset} ({best['profile'].iloc[0]}): {effects[dataset]:+.2f} "
-                     f"over {len(pairs)} pair(s)")
-    published = [_published_first_last(d) for d in ("imagenet", "cifar10")]
-    paper = HOLDS if published[0] - published[1] > FIRST_LAST_MATTERS else FAILS
+        effects[dataset] = per_seed
+        notes.append(f"{dataset} from the {runs['profile'].iloc[0]} profile, "
+                     f"{len(pairs)} pair{'s' if len(pairs) > 1 else ''} of rows")
+    larger, smaller = FIRST_LAST_DATASETS
     if len(effects) < 2:
-        return Verdict(claim, NOT_MEASURED, "; ".join(parts), min(n, default=0), "", paper)
-    gap = effects["imagenet"] - effects["cifar10"]
-    verdict = HOLDS if gap > FIRST_LAST_MATTERS else FAILS
-    caveat = "a single seed: indicative only" if min(n) == 1 else ""
-    return Verdict(claim, verdict, "; ".join(parts) + f"; difference {gap:+.2f}", min(n), caveat,
-                   paper)
+        found, note = stats.NONE, "; ".join(notes)
+    else:
+        found = stats.paired(effects[larger], effects[smaller])
+        note = "" if found.measured else "no seed number in common"
+    part = _part(f"{larger} − {smaller}", found, claim, note)
+    published = [_published_first_last(d) for d in FIRST_LAST_DATASETS]
+    paper = stats.point_verdict(published[0] - published[1], claim.threshold, claim.side)
+    caveats = notes if len(effects) == 2 else []
+    return _combine(claim, (part,), caveats + _caveats((part,), "real"), paper)
 
 
 def _published_first_last(dataset: str) -> float:
     pivot = published_pivot(dataset)
-    pairs = [row_difference(pivot, 1, 2), row_difference(pivot, 3, 4)]
-    return sum(p.mean for p in pairs) / len(pairs)
+    values = [pivot[c.first].iloc[0] - pivot[c.second].iloc[0]
+              for c in FIRST_LAST_ACROSS.comparisons]
+    return sum(values) / len(values)
 
 
-def _longest_profile(summaries: pd.DataFrame, dataset: str) -> pd.DataFrame | None:
-    runs = summaries[(summaries["dataset"] == dataset) & (summaries["ablation"] == "")]
-    if runs.empty:
-        return None
-    order = {name: i for i, name in enumerate(PROFILES)}
-    profile = min(runs["profile"].unique(), key=lambda p: order.get(p, 9))
-    return runs[runs["profile"] == profile]
+# --- display -----------------------------------------------------------------------------------
+
+CLAIM_COLUMNS = ["claim (seed README)", "test", "comparison", "mean", "95 % CI", "seeds",
+                 "threshold", "verdict", "seeds to settle", "on the paper's numbers", "caveat"]
+
+
+def _threshold_text(claim: Claim) -> str:
+    value = f"{claim.threshold:.2f}"
+    return {"below": f"< {value}", "above": f"> {value}", "within": f"within ±{value}"}[claim.side]
+
+
+def _cells(verdict: Verdict, pick) -> str:
+    return "; ".join(pick(p) for p in verdict.parts)
 
 
 def claims_table(verdicts: list[Verdict]) -> pd.DataFrame:
-    """Display frame of verdicts (the same for markdown and HTML)."""
-    return pd.DataFrame([{
-        "claim (seed README)": v.claim.quote,
-        "test": v.claim.test,
-        "measured": v.evidence,
-        "verdict": v.verdict,
-        "seeds": str(v.n_seeds) if v.n_seeds else "—",
-        "on the paper's numbers": v.paper_verdict or "—",
-        "caveat": v.caveat or "—",
-    } for v in verdicts])
+    """Display frame of verdicts, one line per claim (the same for markdown and HTML). A claim of
+    two comparisons shows both, separated by "; ", in each per-comparison column."""
+    records = []
+    for v in verdicts:
+        def mean(part: Part) -> str:
+            return part.interval.format_mean() if part.interval.measured else part.note or "not run"
 
+        records.append({
+            "claim (seed README)": v.claim.quote,
+            "test": v.claim.test,
+            "comparison": _cells(v, lambda p: p.label),
+            "mean": _cells(v, mean),
+            "95 % CI": _cells(v, lambda p: p.interval.format_interval()),
+            "seeds": _cells(v, lambda p: str(p.interval.n) if p.interval.measured else stats.DASH),
+            "threshold": _threshold_text(v.claim),
+            "verdict": v.verdict,
+            "seeds to settle": stats.format_seeds(v.seeds_needed)
+            if v.verdict == INCONCLUSIVE else stats.DASH,
+            "on the paper's numbers": v.paper_verdict or stats.DASH,
+            "caveat": v.caveat or stats.DASH,
+        })
+    return pd.DataFrame(records, columns=CLAIM_COLUMNS)

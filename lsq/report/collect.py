@@ -70,14 +70,15 @@ class Runs:
     profile: str | None = None
 
     def pages(self) -> list[tuple[str, str]]:
-        """The (dataset, profile) pairs that have any run, finished or not, in a stable order."""
+        """The (dataset, profile) pairs that have any run, finished or not: datasets with real
+        measurements first, each dataset's profiles longest first (``lsq.config.PROFILES``).
+        A profile that ``PROFILES`` does not name comes after the known ones, by name."""
         frames = [self.summaries[["dataset", "profile"]], self.in_progress[["dataset", "profile"]]]
         pairs = pd.concat(frames).drop_duplicates()
         order = {"fashion-mnist": 0, "cifar10": 1, "imagenet": 2, "synthetic": 3}
-        profiles = {name: i for i, name in enumerate(PROFILES)}
         return sorted(
             map(tuple, pairs.itertuples(index=False)),
-            key=lambda p: (order.get(p[0], 9), p[0], profiles.get(p[1], 9), p[1]),
+            key=lambda p: (order.get(p[0], len(order)), p[0], profile_rank(p[1]), p[1]),
         )
 
     def select(self, dataset: str, profile: str) -> "Runs":
@@ -92,6 +93,21 @@ class Runs:
             pick(self.layer_sparsity), pick(self.in_progress), list(self.problems),
             dataset, profile,
         )
+
+
+def profile_rank(profile: str) -> int:
+    """Position in ``lsq.config.PROFILES`` (longest budget first); unknown profiles last."""
+    return PROFILES.index(profile) if profile in PROFILES else len(PROFILES)
+
+
+def longest_profile(summaries: pd.DataFrame, dataset: str) -> pd.DataFrame | None:
+    """The plain finished runs of ``dataset``'s longest-trained profile that has any (None if
+    none): the strongest evidence the runs hold for that dataset."""
+    runs = summaries[(summaries["dataset"] == dataset) & (summaries["ablation"] == "")]
+    if runs.empty:
+        return None
+    profile = min(runs["profile"].unique(), key=lambda p: (profile_rank(p), p))
+    return runs[runs["profile"] == profile]
 
 
 def load_runs(runs_dir: str | Path) -> Runs:

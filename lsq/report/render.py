@@ -38,6 +38,22 @@ INTERPRETATION = (
     "quantized; with quan_lr = no both layers stay fully float. Weights are ternary [-1,0,1]; "
     "activations (ReLU outputs, so unsigned) use 2-bit levels [0,1,2,3]."
 )
+CLAIMS_NOTE = (
+    "Each comparison is a difference of final top-1 (points) paired by seed, with its mean and "
+    "95 % Student-t interval over the seeds that have both rows. A claim holds when the whole "
+    "interval of every comparison lies on the claim's side of the threshold, does not hold when "
+    "one lies wholly on the other side, and is inconclusive otherwise. \"Seeds to settle\" is "
+    "the smallest number of seeds whose interval would clear the threshold were the mean and "
+    "spread to stay as observed (— with one seed, no spread, a mean on the threshold, or part of "
+    "the claim not run). \"On the paper's numbers\" applies the same threshold to the published "
+    "values, one number each, so without an interval."
+)
+ABLATION_NOTE = (
+    "Δ is paired per seed (setting − baseline, top-1 points) with its 95 % Student-t interval; a "
+    "setting costs or gains accuracy when the whole interval lies beyond the threshold on one "
+    "side, and is inconclusive when the interval reaches across it, with the number of seeds "
+    "that would settle it at the observed mean and spread."
+)
 PAPER_URL = "https://arxiv.org/abs/1902.08153"
 MARKER = ".lsq-report"  # marks a site folder as generated, so a rebuild may delete it
 
@@ -439,18 +455,25 @@ def header_rows(frame: pd.DataFrame) -> list[list[dict]]:
 
 
 # A number cell: "92.20", "+0.10 ± 0.20 (n=3)", "0.31 (unpaired)", "2 (paper 90)", "12.5%",
-# optionally "(+1 running)"; anything else (sentences starting with a digit) stays text.
+# optionally "(+1 running)", or an interval "[-0.40, +0.60]"; anything else (sentences starting
+# with a digit) stays text.
 _NUMBER_CELL = re.compile(
-    r"^[+\-]?\d[\d.,]*%?(–\d+)?( ± [\d.]+)?( \((n=\d+|unpaired|paper \d+)\))?"
-    r"( (s|min|h))?( \(\+\d+ running\))?$"
+    r"^([+\-]?\d[\d.,]*%?(–\d+)?( ± [\d.]+)?( \((n=\d+|unpaired|paper \d+)\))?"
+    r"( (s|min|h))?( \(\+\d+ running\))?|\[[+\-]?[\d.]+, [+\-]?[\d.]+\])$"
 )
+_VERDICT_CLASS = {
+    claims.HOLDS: "v-holds", claims.FAILS: "v-fails", claims.INCONCLUSIVE: "v-none",
+    claims.NOT_MEASURED: "v-none", analysis.COSTS: "v-settled", analysis.GAINS: "v-settled",
+    analysis.NO_EFFECT: "v-settled",
+}
 
 
 def _cell_class(value) -> str:
     """CSS class of a table cell: numbers right-aligned, missing values muted, verdicts coloured."""
     text = str(value)
-    if text in (claims.HOLDS, claims.FAILS, claims.NOT_MEASURED):
-        return "verdict " + {"holds": "v-holds", "does not hold": "v-fails"}.get(text, "v-none")
+    verdict = text.split(" (", 1)[0]  # "holds (CIFAR-10 table)" is a verdict too
+    if verdict in _VERDICT_CLASS:
+        return "verdict " + _VERDICT_CLASS[verdict]
     if text.startswith(("not run", "in progress", "—", "reference")):
         return "na"
     return "num" if _NUMBER_CELL.match(text) else ""
@@ -468,6 +491,7 @@ def _write_pages(runs: Runs, pages: list[Page], out_dir: Path, site: Path,
     summaries = runs.summaries
     common = dict(
         banner=SYNTHETIC_BANNER, interpretation=INTERPRETATION, paper_url=PAPER_URL,
+        claims_note=CLAIMS_NOTE, ablation_note=ABLATION_NOTE,
         pages=pages, generated_from=str(runs.root), root="",
     )
     index = dict(

@@ -3,8 +3,9 @@
 ``results_table`` returns the numbers (one row per table row 0-4, every aggregate over seeds);
 ``format_results_table`` turns them into the seed's columns (ID, quan_lr, constr_w, constr_a,
 lr_base, epoch, test_acc, drop_acc; acc/drop for top-1 and top-5 on ImageNet) with the
-published value and Δ vs paper beside each measured one. Markdown and HTML both render the
-formatted DataFrame, so they cannot disagree.
+published value and Δ vs paper beside each measured one (for a dataset that stands in for a
+published one, Fashion-MNIST for CIFAR-10, the published rows of that one). Markdown and HTML
+both render the formatted DataFrame, so they cannot disagree.
 
 Drops are ``float baseline − row``. When every seed of a row has a float run of the same seed (the
 run it was fine-tuned from), the drop is the mean ± std of the per-seed paired drops; otherwise it
@@ -92,6 +93,47 @@ def row_difference(pivot: pd.DataFrame, first: int, second: int) -> Estimate:
     return paired_difference(pivot[first], pivot[second])
 
 
+def reference_table(dataset: str) -> Table | None:
+    """The published table a dataset's rows are compared with: its own, or the one it stands in
+    for (``Table.stands_in_for``); None when there is neither."""
+    table = get_table(dataset)
+    if table.has_published:
+        return table
+    return get_table(table.stands_in_for) if table.stands_in_for else None
+
+
+def paper_label(dataset: str) -> str:
+    """Sub-column name of the published values: "paper", or "CIFAR-10 paper" for a stand-in."""
+    reference = reference_table(dataset)
+    if reference is None or reference.dataset == dataset:
+        return PAPER
+    return f"{reference.name} {PAPER}"
+
+
+def stand_in_note(dataset: str) -> str:
+    """Why a dataset stands in for a published one, and what that does and does not show ("" for
+    a dataset that stands in for none)."""
+    table = get_table(dataset)
+    if not table.stands_in_for:
+        return ""
+    other = get_table(table.stands_in_for)
+    grey = "grey" if table.in_channels == 1 else "colour"
+    model = table.model.replace("resnet", "ResNet-")
+    return (
+        f"{table.name} stands in for {other.name} here: the same {model} and the same rows "
+        f"0-4, trained the same way, on {table.image_size}×{table.image_size} {grey} images "
+        f"through a {table.in_channels}-channel stem, because {table.stand_in_reason}. "
+        f"What it shows: how much ternary weights and 2-bit activations cost against a float "
+        f"baseline trained the same way on a real {table.num_classes}-class image task, and "
+        f"whether each claim of the seed README carries over to that task. What it does not "
+        f"show: the published "
+        f"{other.name} numbers themselves. {table.name} is a different task, so its float and "
+        f"quantized accuracies sit at another level; Δ against the {other.name} rows compares two "
+        f"datasets (the drops are the closer comparison), and no verdict here confirms or "
+        f"refutes the {other.name} table."
+    )
+
+
 def metric_columns(table: Table) -> dict[str, tuple[str, str]]:
     """Seed column names per metric: (accuracy column, drop column)."""
     if table.metrics == ("top1",):
@@ -108,11 +150,13 @@ def results_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, dataset: s
     ``paper_m``, ``paper_drop_m``, ``delta_m``, ``delta_drop_m`` (measured − published).
     """
     table = get_table(dataset)
+    reference = reference_table(dataset)
     runs = plain_runs(summaries)
     waiting = in_progress[in_progress["ablation"] == ""] if len(in_progress) else in_progress
     pivots = {metric: by_seed(summaries, metric) for metric in table.metrics}
     records = []
     for row in table.rows:
+        published_row = reference.row(row.id).published if reference is not None else {}
         row_runs = runs[runs["row"] == row.id]
         record = dict(row.as_columns())
         record["epochs_min"] = row_runs["epochs"].min() if len(row_runs) else float("nan")
@@ -123,8 +167,8 @@ def results_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, dataset: s
             pivot = pivots[metric]
             accuracy = estimate(pivot[row.id]) if row.id in pivot else EMPTY
             drop = row_difference(pivot, 0, row.id) if row.id != 0 else EMPTY
-            published = row.published.get(metric, float("nan"))
-            published_drop = row.published.get(f"drop_{metric}", float("nan"))
+            published = published_row.get(metric, float("nan"))
+            published_drop = published_row.get(f"drop_{metric}", float("nan"))
             record.update({
                 f"{metric}_mean": accuracy.mean, f"{metric}_std": accuracy.std,
                 f"{metric}_n": accuracy.n,
@@ -171,12 +215,14 @@ def format_results_table(numbers: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Display strings in the seed's column order, published value and Δ beside each number.
 
     Columns are two-level: ``(seed column, "")`` for settings, and for tables with published
-    numbers ``(seed column, "measured" | "paper" | "Δ")``; ``flat_name`` gives one-line names.
+    numbers ``(seed column, "measured" | "paper" | "Δ")`` ("CIFAR-10 paper" where the dataset
+    stands in for CIFAR-10, see ``paper_label``); ``flat_name`` gives one-line names.
     Accuracies and drops read "mean ± std" over the seeds of the ``seeds`` column (a single seed
     shows its value and seeds = 1); runs still training are counted there as "(+k running)".
     """
     table = get_table(dataset)
     columns = metric_columns(table)
+    paper = paper_label(dataset) if reference_table(dataset) is not None else None
     paper_epochs = set(numbers["epoch"]) if len(numbers) else set()
     # One paper epoch count for all rows (the seed's 90) goes into the header, not every cell.
     epoch_header = f"epoch (paper {paper_epochs.pop()})" if len(paper_epochs) == 1 else "epoch"
@@ -203,11 +249,11 @@ def format_results_table(numbers: pd.DataFrame, dataset: str) -> pd.DataFrame:
                 else:
                     cell = _measured_cell(value, int(record["in_progress"]),
                                           int(record[f"{metric}_n"]), signed=signed)
-                if not table.has_published:
+                if paper is None:
                     out[(name, "")] = cell
                     continue
                 out[(name, MEASURED)] = cell
-                out[(name, PAPER)] = _number(record[f"paper_{prefix}{metric}"])
+                out[(name, paper)] = _number(record[f"paper_{prefix}{metric}"])
                 out[(name, DELTA)] = _number(record[f"delta_{prefix}{metric}"], signed=True)
         rows.append(out)
     keys = list(rows[0]) if rows else [("ID", "")]
