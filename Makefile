@@ -102,10 +102,16 @@ $(RUNS)/$(1)/$(2)/row$(4)-$(5)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(RU
 	$$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4) --ablation $(5)
 endef
 
-DATASETS := cifar10 imagenet fashion-mnist synthetic
-ROWS     := 0 1 2 3 4
-ABLATIONS := init-x0.25 init-x4 init-maxabs steplr-x0.1 steplr-x10 no-gradscale sched-step sched-constant
-ABLATION_ROWS := 1 3
+# The lists live in lsq/experiments.py alone; `python -m lsq list` needs only the standard library,
+# so these work before .venv/ exists.
+lsq_list  = $(shell $(PYTHON_BOOT) -m lsq list $(1))
+DATASETS  := $(call lsq_list,datasets)
+ROWS      := $(call lsq_list,rows)
+ABLATIONS := $(call lsq_list,ablations)
+ABLATION_ROWS := $(call lsq_list,ablation-rows --profile $(call profile_of,fashion-mnist))
+ifeq ($(strip $(DATASETS)),)
+$(error `$(PYTHON_BOOT) -m lsq list datasets` printed nothing: run make from the repository root with Python 3.11+)
+endif
 table_targets = $(foreach s,$(SEEDS),$(foreach r,$(ROWS),$(RUNS)/$(1)/$(call profile_of,$(1))/row$(r)/seed$(s)/summary.json))
 
 $(foreach d,$(DATASETS),$(foreach s,$(sort $(SEEDS) $(ABLATION_SEEDS)),$(foreach r,$(ROWS),\
@@ -118,7 +124,7 @@ cifar10: $(call table_targets,cifar10) ## CIFAR-10 ResNet-20 table: rows 0-4 x S
 imagenet: $(call table_targets,imagenet) ## ImageNet ResNet-18 table: rows 0-4 x SEEDS (needs data/imagenet, --weights)
 fashion-mnist: $(call table_targets,fashion-mnist) ## Fashion-MNIST ResNet-20 table (real data, offline)
 synthetic: $(call table_targets,synthetic) ## synthetic CIFAR-shaped data table (smoke/timing only)
-ablations: $(foreach s,$(ABLATION_SEEDS),$(foreach r,$(ABLATION_ROWS),$(foreach a,$(ABLATIONS),$(RUNS)/fashion-mnist/$(call profile_of,fashion-mnist)/row$(r)-$(a)/seed$(s)/summary.json))) ## Fashion-MNIST ablations: step-size init, step-size lr, lr schedule
+ablations: $(foreach s,$(ABLATION_SEEDS),$(foreach r,$(ABLATION_ROWS),$(foreach a,$(ABLATIONS),$(RUNS)/fashion-mnist/$(call profile_of,fashion-mnist)/row$(r)-$(a)/seed$(s)/summary.json))) ## Fashion-MNIST ablations: step-size init, step-size lr, lr schedule (rows 1, 3; row 3 with PROFILE=full)
 
 # Fails at once, with where the data is expected and how to get it, before any run starts.
 $(addprefix check-,$(filter-out synthetic,$(DATASETS))): check-%: | $(STAMP)
@@ -128,11 +134,9 @@ $(addprefix check-,$(filter-out synthetic,$(DATASETS))): check-%: | $(STAMP)
 check-synthetic: ;
 
 ##@ Report
-.PHONY: report notebooks smoke
-report: | $(STAMP) ## render report/*.md and report/site/ from whatever runs exist (missing rows: "not run")
+.PHONY: report smoke
+report: | $(STAMP) ## render report/*.md and report/site/ (with the executed notebooks) from whatever runs exist
 	$(PY) -m lsq report --runs-dir $(RUNS) --out report $(REPORT_ARGS)
-
-notebooks: report ## execute the papermill notebooks (part of every report) into report/site/notebooks/
 
 smoke: ## whole pipeline on synthetic data, smoke profile, 2 seeds, to report/site/ (about a minute on a CPU)
 	$(MAKE) -j$(JOBS) synthetic PROFILE=smoke SEEDS="0 1" DEVICE=$(DEVICE) RUNS=$(RUNS)

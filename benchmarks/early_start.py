@@ -32,7 +32,8 @@ DRIVER = """
 import json, sys, time
 from dataclasses import replace
 from lsq.config import make_config
-from lsq.train import fit, warm_and_keep_compiled, warm_compile_cache
+from lsq.engine.launch import warm_and_keep_compiled, warm_compile_cache
+from lsq.engine.run import fit
 
 mode, runs, row, profile, device, amp, channels_last = sys.argv[1:8]
 config = replace(make_config("synthetic", int(row), profile), device=device, amp=amp == "1",

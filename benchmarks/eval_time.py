@@ -1,4 +1,4 @@
-"""Evaluation time per row, eager against compiled (what ``lsq.train._eval_model`` chooses between).
+"""Evaluation time per row, eager against compiled (what ``lsq.engine.fastpath.eval_model`` chooses between).
 
     python benchmarks/eval_time.py [--rows 0,4] [--device cpu] [--test-images 2048] [--threads N]
 
@@ -15,7 +15,10 @@ from dataclasses import replace
 import torch
 
 from lsq.config import make_config
-from lsq.train import _build, _eval_model, calibrate, evaluate, quantizers, seed_everything
+from lsq.engine.fastpath import eval_model
+from lsq.engine.recipe import calibrate, evaluate, seed_everything
+from lsq.engine.run import build_run
+from lsq.quant.convert import quantizers
 
 
 def seconds(model, run, eager_model) -> tuple[float, float]:
@@ -49,11 +52,11 @@ def main() -> None:
         config = replace(make_config("synthetic", row, "paper").with_overrides(
             f"data.test_subset={args.test_images}"), device=args.device)
         seed_everything(0)
-        run = _build(config, device, 0, 1, None, progress=False)
+        run = build_run(config, device, 0, 1, None, progress=False)
         if quantizers(run.model):
             calibrate(run.model, run.data.train, run.ctx)
         _, eager = seconds(run.model, run, None)
-        first, compiled = seconds(_eval_model(run.model, True, torch.device("cpu")), run, run.model)
+        first, compiled = seconds(eval_model(run.model, True, torch.device("cpu")), run, run.model)
         print(f"{row:>3}  {eager:8.2f}  {compiled:10.2f}  {eager / compiled:7.2f}x  {first - compiled:9.1f}")
 
 

@@ -1,7 +1,8 @@
 """Command line: ``python -m lsq {train,report,export,bench,check-data,compare-runs} ...``.
 
 Thin by design: parse, build a config, call one function. Bad input ends with one ``error:`` line
-naming the problem and the fix, and exit status 2 (``LSQ_DEBUG=1`` shows the traceback).
+naming the problem and the fix, and exit status 2 (``LSQ_DEBUG=1`` shows the traceback); any
+other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,10 +12,18 @@ import os
 import sys
 from dataclasses import replace
 
-from lsq.config import PROFILES, ConfigError, make_config
-from lsq.experiments import ABLATIONS, TABLES
+from lsq.errors import LsqError
+from lsq.experiments import ABLATIONS, DATASETS, PROFILES, TABLES, ablation_rows
 
 BENCHES = ("quantizer", "data", "train", "imagenet")
+# What `python -m lsq list` prints: the one copy of each list, read by the Makefile.
+LISTS = {
+    "datasets": lambda profile: DATASETS,
+    "rows": lambda profile: [row.id for row in TABLES["cifar10"].rows],
+    "profiles": lambda profile: PROFILES,
+    "ablations": lambda profile: [a.name for a in ABLATIONS],
+    "ablation-rows": ablation_rows,
+}
 
 
 def _train_parser(sub) -> None:
@@ -49,10 +58,6 @@ def _train_parser(sub) -> None:
                    help="dotted config override, e.g. --set optim.weight_decay=5e-5 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--warm-compile-cache", action="store_true",
-                   help="compile this run's graphs into torch.compile's on-disk cache and exit, "
-                        "without the float baseline and without writing the run (make -j does "
-                        "this for rows 1-4 while row 0 trains)")
     p.add_argument("--wait-for-baseline", action="store_true",
                    help="rows 1-4: start while row 0 still trains (warm the compile cache, then "
                         "wait for its summary.json) and train once it is done; make -j does this "
@@ -60,6 +65,8 @@ def _train_parser(sub) -> None:
 
 
 def _config_from_args(args):
+    from lsq.config import make_config
+
     config = make_config(args.dataset, args.row, args.profile, args.seed, args.ablation)
     overrides = list(args.set)
     for flag, key in (("epochs", "optim.epochs"), ("batch_size", "optim.batch_size"),
@@ -81,14 +88,12 @@ def _config_from_args(args):
 
 
 def _train(args) -> int:
-    from lsq.train import fit, fit_after_baseline, warm_compile_cache
+    from lsq.engine.launch import fit_after_baseline
+    from lsq.engine.run import fit
 
     config = _config_from_args(args)
     if args.print_config:
         print(config.to_yaml(), end="")
-        return 0
-    if args.warm_compile_cache:
-        warm_compile_cache(config, args.runs_dir)
         return 0
     train = fit_after_baseline if args.wait_for_baseline else fit
     try:
@@ -136,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("compare-runs", help="compare the results of two trees of runs (reproducibility)",
                    add_help=False)
 
+    p = sub.add_parser("list", help="print one of the project's lists, space-separated (the Makefile reads them)")
+    p.add_argument("what", choices=LISTS)
+    p.add_argument("--profile", default="quick", choices=PROFILES, help="for ablation-rows")
+
     p = sub.add_parser("check-data", help="check that a dataset is where training expects it")
     p.add_argument("--dataset", required=True, choices=sorted(TABLES))
     p.add_argument("--data-dir")
@@ -156,16 +165,19 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command == "train":
             return _train(args)
+        if args.command == "list":
+            print(" ".join(map(str, LISTS[args.what](args.profile))))
+            return 0
         if args.command == "check-data":
             return _check_data(args)
         if args.command == "export":
-            from lsq.export import export_run
+            from lsq.engine.checkpoint import export_run
             summary = export_run(args.run_dir, args.out)
             for key, value in summary.items():
                 if not isinstance(value, dict):
                     print(f"{key}: {value}")
             return 0
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as error:
+    except LsqError as error:
         if os.environ.get("LSQ_DEBUG"):
             raise
         print(f"error: {error}", file=sys.stderr)

@@ -10,7 +10,7 @@ Two runs (same path under each tree) are compared on
   location left out); runs whose configs differ are reported, not compared;
 - every epoch record of ``metrics.jsonl``, and the results in ``summary.json``, on the keys both
   sides have, leaving out what measures the machine rather than the result:
-  ``rundir.TIMING_KEYS`` and ``rundir.PROVENANCE_KEYS``. A key on one side only (the run format
+  ``runs.TIMING_KEYS`` and ``runs.PROVENANCE_KEYS``. A key on one side only (the run format
   grew a field after the older run was made) is listed, not failed.
 
 Each run is then classed
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsq import rundir
+from lsq import runs
 from lsq.config import ConfigError, RunConfig
 
 IDENTICAL, WITHIN_NOISE, DIFFERS = "identical", "within seed noise", "differs"
@@ -85,7 +85,7 @@ def cpu_kind(device: str | None) -> str:
 def find_runs(root: Path) -> dict[str, Path]:
     """Run directories (holding ``config.yaml``) under ``root``, by their path relative to it."""
     return {str(config.parent.relative_to(root)): config.parent
-            for config in sorted(Path(root).rglob(rundir.CONFIG))}
+            for config in sorted(Path(root).rglob(runs.CONFIG))}
 
 
 def _differences(reference, candidate, path: str, one_sided: set[str]):
@@ -106,7 +106,7 @@ def _differences(reference, candidate, path: str, one_sided: set[str]):
 
 
 def _summary(run: Path) -> dict | None:
-    path = run / rundir.SUMMARY
+    path = run / runs.SUMMARY
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -123,27 +123,27 @@ def compare_run(name: str, reference: Path, candidate: Path) -> RunComparison:
     summaries = [_summary(run) for run in (reference, candidate)]
     result = RunComparison(name, reference, candidate, IDENTICAL, reference_summary=summaries[0],
                            candidate_summary=summaries[1])
-    if (RunConfig.from_yaml(reference / rundir.CONFIG).result_defining()
-            != RunConfig.from_yaml(candidate / rundir.CONFIG).result_defining()):
+    if (RunConfig.from_yaml(reference / runs.CONFIG).result_defining()
+            != RunConfig.from_yaml(candidate / runs.CONFIG).result_defining()):
         result.verdict, result.reason = "config differs", "the result-defining configs differ: not compared"
         return result
     if None in summaries:
         missing = [side for side, summary in zip(("the reference", "the retrained run"), summaries)
                    if summary is None]
-        result.verdict, result.reason = "unfinished", f"no {rundir.SUMMARY} in {' or '.join(missing)}"
+        result.verdict, result.reason = "unfinished", f"no {runs.SUMMARY} in {' or '.join(missing)}"
         return result
-    ours, theirs = (rundir.read_metrics(run / rundir.METRICS) for run in (reference, candidate))
+    ours, theirs = (runs.read_metrics(run / runs.METRICS) for run in (reference, candidate))
     result.epochs = len(ours)
     if len(ours) != len(theirs):
         result.verdict, result.first_difference = DIFFERS, "number of epoch records"
         result.reason = f"{len(ours)} epoch records in the reference, {len(theirs)} retrained"
     # Epoch records pairwise (as far as both go), then the summaries' results.
     pairs = list(zip(ours, theirs))
-    pairs.append(tuple({k: v for k, v in summary.items() if k not in rundir.PROVENANCE_KEYS}
+    pairs.append(tuple({k: v for k, v in summary.items() if k not in runs.PROVENANCE_KEYS}
                        for summary in summaries))
     for index, (old, new) in enumerate(pairs):
-        old = {k: v for k, v in old.items() if k not in rundir.TIMING_KEYS}
-        new = {k: v for k, v in new.items() if k not in rundir.TIMING_KEYS}
+        old = {k: v for k, v in old.items() if k not in runs.TIMING_KEYS}
+        new = {k: v for k, v in new.items() if k not in runs.TIMING_KEYS}
         where = "summary" if index == len(pairs) - 1 else f"epoch {old.get('epoch', index)}"
         for key, top in (("test_top1", "max_top1_difference"), ("test_loss", "max_loss_difference"),
                          ("final_top1", "max_top1_difference"),
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{reproduced} of {len(comparisons)} runs reproduce: {counts[IDENTICAL]} identical, "
           f"{counts[WITHIN_NOISE]} within seed noise, {len(comparisons) - reproduced} not")
     if args.json:
-        rundir.write_json(args.json, record(comparisons, args.reference, args.candidate))
+        runs.write_json(args.json, record(comparisons, args.reference, args.candidate))
     return 0 if reproduced == len(comparisons) else 1
 
 

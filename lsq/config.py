@@ -23,12 +23,10 @@ from pathlib import Path
 
 import yaml
 
-from lsq.experiments import get_ablation, get_table
+from lsq.errors import ConfigError  # noqa: F401 - part of this module's API
+from lsq.experiments import PROFILES, get_ablation, get_table
 from lsq.levels import Levels, format_levels, parse_levels
-
-
-class ConfigError(ValueError):
-    """A bad configuration value or key; the message names it and how to fix it."""
+from lsq.runs import RunId
 
 
 @dataclass(frozen=True)
@@ -96,11 +94,11 @@ class RunConfig:
 
     @property
     def run_name(self) -> str:
-        return f"row{self.row}" + (f"-{self.ablation}" if self.ablation else "")
+        return RunId(self.dataset, self.profile, self.row, self.ablation or "", self.seed).run_name
 
     def run_dir(self, runs_dir: str | Path) -> Path:
         """``<runs>/<dataset>/<profile>/row<k>[-<ablation>]/seed<s>``."""
-        return Path(runs_dir) / self.dataset / self.profile / self.run_name / f"seed{self.seed}"
+        return RunId(self.dataset, self.profile, self.row, self.ablation or "", self.seed).path(runs_dir)
 
     def result_defining(self) -> "RunConfig":
         """This config without where and how the run executes (device, compilation, CUDA graphs,
@@ -223,9 +221,6 @@ def _set_path(obj, parts: list[str], value, key: str):
 
 
 # --- profiles --------------------------------------------------------------------------------
-
-# Longest budget first: the report lists pages and picks a table's strongest evidence in this order.
-PROFILES = ("paper", "full", "quick", "smoke")
 
 # Per dataset and profile: epochs of the float baseline and of the quantized rows, subsets.
 # quick budgets fit a 2-core CPU; full is all 60,000 Fashion-MNIST images and the whole test

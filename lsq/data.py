@@ -65,6 +65,7 @@ import torch
 from torch.nn import functional as F
 
 from lsq.config import DataConfig
+from lsq.errors import ConfigError, DataError, DatasetNotFoundError
 from lsq.experiments import TABLES
 
 DATASETS = ("cifar10", "fashion-mnist", "imagenet", "synthetic")
@@ -80,10 +81,6 @@ SUBSET_SEED = 190208153
 SYNTHETIC_SEED = 190208153 + 1
 # Stream tags keep the generators of one (seed, epoch) apart.
 _ORDER, _AUGMENT, _SUBSET = 0, 1, 2
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset is not where it was looked for; the message says where and how to get it."""
 
 
 class Loader(Protocol):
@@ -137,7 +134,7 @@ def subset_indices(n: int, subset: int | None) -> torch.Tensor | None:
     if subset is None or subset >= n:
         return None
     if subset < 1:
-        raise ValueError(f"a data subset must hold at least one image, got {subset}")
+        raise ConfigError(f"a data subset must hold at least one image, got {subset}")
     generator = torch.Generator().manual_seed(derive_seed(SUBSET_SEED, n, _SUBSET))
     # Sorted, so the test order (and ImageFolder disk locality) follows the original order.
     return torch.randperm(n, generator=generator)[:subset].sort().values
@@ -292,7 +289,7 @@ def _read_cifar10(data_dir: Path, download: bool):
             entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
             data = np.asarray(entry["data"], dtype=np.uint8)
             if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-                raise ValueError(f"{folder / name}: expected data of shape (N, 3072), got {data.shape}")
+                raise DataError(f"{folder / name}: expected data of shape (N, 3072), got {data.shape}")
             images.append(data.reshape(-1, 3, 32, 32))  # stored channel-major: R plane, G, B
             labels.append(np.asarray(entry["labels"], dtype=np.int64))
         return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
@@ -321,12 +318,12 @@ def read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as handle:
         raw = handle.read()
     if raw[:3] != b"\x00\x00\x08":  # 0x08 = unsigned byte, the only type MNIST files use
-        raise ValueError(f"{path}: not an unsigned-byte idx file (magic {raw[:4].hex()})")
+        raise DataError(f"{path}: not an unsigned-byte idx file (magic {raw[:4].hex()})")
     ndim = raw[3]
     shape = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != math.prod(shape):
-        raise ValueError(f"{path}: header says {shape}, file holds {data.size} values")
+        raise DataError(f"{path}: header says {shape}, file holds {data.size} values")
     return data.reshape(shape)
 
 
@@ -492,7 +489,7 @@ def _imagenet_folders(data_dir: Path):
             raise DatasetNotFoundError(
                 f"ImageNet at {root.resolve()}: {exc}; the layout is {layout}") from exc
     if splits["train"].classes != splits["val"].classes:
-        raise ValueError(
+        raise DataError(
             f"ImageNet train/ has {len(splits['train'].classes)} class folders and val/ has "
             f"{len(splits['val'].classes)}, or their names differ; they must match"
         )
@@ -540,7 +537,7 @@ def build_data(dataset: str, data: DataConfig, *, batch_size: int, eval_batch_si
                device: torch.device, seed: int, rank: int = 0, world_size: int = 1) -> DataBundle:
     """Train and test loaders of ``dataset`` for this rank, batches already on ``device``."""
     if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
+        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
     device = torch.device(device)
@@ -576,7 +573,7 @@ def build_data(dataset: str, data: DataConfig, *, batch_size: int, eval_batch_si
             source=source,
         )
     if len(bundle.train) == 0:
-        raise ValueError(
+        raise ConfigError(
             f"{dataset}: {bundle.num_train} training images over {world_size} rank(s) make no full "
             f"batch of {batch_size}; lower the batch size or raise the train subset"
         )

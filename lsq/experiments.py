@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lsq.errors import ConfigError
 from lsq.levels import TERNARY, UNSIGNED_2BIT, Levels, format_levels
 
 
@@ -80,7 +81,7 @@ class Table:
         for row in self.rows:
             if row.id == row_id:
                 return row
-        raise ValueError(
+        raise ConfigError(
             f"unknown row {row_id} for {self.dataset}; choose one of {[r.id for r in self.rows]}"
         )
 
@@ -148,7 +149,7 @@ def get_table(dataset: str) -> Table:
     try:
         return TABLES[dataset]
     except KeyError:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(TABLES)}") from None
+        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {sorted(TABLES)}") from None
 
 
 # --- the seed README's claims, each a test on paired per-seed differences ----------------------
@@ -305,4 +306,4 @@ def get_ablation(name: str) -> Ablation:
     for ablation in ABLATIONS:
         if ablation.name == name:
             return ablation
-    raise ValueError(f"unknown ablation {name!r}; choose one of {[a.name for a in ABLATIONS]}")
+    raise ConfigError(f"unknown ablation {name!r}; choose one of {[a.name for a in ABLATIONS]}")

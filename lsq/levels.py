@@ -6,6 +6,8 @@ torch so that the experiment tables and the report load without it.
 
 from __future__ import annotations
 
+from lsq.errors import ConfigError
+
 Levels = tuple[int, int]
 
 TERNARY: Levels = (-1, 1)
@@ -15,16 +17,16 @@ def check_levels(q_min: int, q_max: int) -> Levels:
     """Validate an integer level range and return it as a ``(q_min, q_max)`` tuple."""
     for name, value in (("q_min", q_min), ("q_max", q_max)):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer level, got {value!r}")
+            raise ConfigError(f"{name} must be an integer level, got {value!r}")
     if q_min >= q_max:
-        raise ValueError(f"q_min must be smaller than q_max, got q_min={q_min}, q_max={q_max}")
+        raise ConfigError(f"q_min must be smaller than q_max, got q_min={q_min}, q_max={q_max}")
     if q_max < 1:
-        raise ValueError(
+        raise ConfigError(
             f"Q_P = q_max must be at least 1 (the paper's grad scale and init divide by "
             f"sqrt(Q_P)), got q_max={q_max}"
         )
     if q_min > 0:
-        raise ValueError(f"q_min must be <= 0 so that zero is representable, got q_min={q_min}")
+        raise ConfigError(f"q_min must be <= 0 so that zero is representable, got q_min={q_min}")
     return (q_min, q_max)
 
 
@@ -34,7 +36,7 @@ def signed_levels(bits: int, *, narrow: bool = False) -> Levels:
     ``signed_levels(2, narrow=True) == TERNARY``.
     """
     if bits < 2:
-        raise ValueError(f"signed levels need at least 2 bits, got {bits}")
+        raise ConfigError(f"signed levels need at least 2 bits, got {bits}")
     q_max = 2 ** (bits - 1) - 1
     return check_levels(-q_max if narrow else -q_max - 1, q_max)
 
@@ -42,7 +44,7 @@ def signed_levels(bits: int, *, narrow: bool = False) -> Levels:
 def unsigned_levels(bits: int) -> Levels:
     """b-bit unsigned levels ``[0, 2^b - 1]`` for post-ReLU activations."""
     if bits < 1:
-        raise ValueError(f"unsigned levels need at least 1 bit, got {bits}")
+        raise ConfigError(f"unsigned levels need at least 1 bit, got {bits}")
     return check_levels(0, 2**bits - 1)
 
 
@@ -54,9 +56,9 @@ def parse_levels(text: str | None) -> Levels | None:
     try:
         values = [int(part) for part in body.split(",")]
     except ValueError:
-        raise ValueError(f"cannot parse level set {text!r}; expected e.g. '[-1,0,1]' or 'none'")
+        raise ConfigError(f"cannot parse level set {text!r}; expected e.g. '[-1,0,1]' or 'none'")
     if values != list(range(values[0], values[-1] + 1)):
-        raise ValueError(f"level set {text!r} must list consecutive integers")
+        raise ConfigError(f"level set {text!r} must list consecutive integers")
     return check_levels(values[0], values[-1])
 
 

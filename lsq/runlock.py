@@ -24,11 +24,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from lsq.errors import BaselineFailedError, RunLockedError  # noqa: F401 - raised here
+
 LOCK_DIR = Path(tempfile.gettempdir()) / "lsq-run-locks"
-
-
-class RunLockedError(RuntimeError):
-    """Another process is training this run."""
 
 
 def lock_path(run_dir: Path) -> Path:
@@ -67,10 +65,6 @@ def is_running(run_dir: Path) -> bool:
         return True
     finally:
         os.close(fd)
-
-
-class BaselineFailedError(RuntimeError):
-    """The run waited for stopped without finishing, or never started."""
 
 
 def wait_until_finished(run_dir: Path, done: Path, *, grace_seconds: float,

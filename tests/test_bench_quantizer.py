@@ -8,7 +8,7 @@ import os
 import torch
 
 from lsq.bench import quantizer as bench
-from lsq.convert import quantize_model
+from lsq.quant.convert import quantize_model
 from lsq.models import build_model
 
 SETTINGS = ("float", "row1", "row4", "row4-relus-kept", "row4-torch.ao", "row4-detach-trick",

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from lsq.bench.train import main
-from lsq.train import TrainingError
+from lsq.errors import TrainingError
 
 
 def test_bench_train_prints_rows_and_table_estimate(capsys, monkeypatch):

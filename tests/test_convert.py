@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lsq.convert import quantize_model, quantizers, step_size_parameters
-from lsq.layers import QConv2d, QLinear
+from lsq.quant.convert import quantize_model, quantizers, step_size_parameters
+from lsq.quant.layers import QConv2d, QLinear
 from lsq.models import MODELS, build_model
-from lsq.quantizer import TERNARY, UNSIGNED_2BIT, LsqQuantizer
+from lsq.quant.quantizer import TERNARY, UNSIGNED_2BIT, LsqQuantizer
 
 RESNET20_PARAMS = 269_722  # He et al.'s ResNet-20 (option A shortcuts), 10 classes, RGB
 RESNET18_PARAMS = 11_689_512  # torchvision resnet18, 1000 classes

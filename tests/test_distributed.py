@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lsq import rundir
+from lsq import runs as runfmt
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--dataset", "synthetic", "--profile", "smoke", "--set", "data.train_subset=256",
@@ -40,7 +40,7 @@ def test_ddp_trains_float_and_lsq_rows_and_resumes(tmp_path):
     summary = json.loads((float_dir / "summary.json").read_text())
     # Each rank trains on its half of every epoch; the metrics are reduced over both.
     assert summary["train_images"] == 256 and summary["test_images"] == 96
-    records = rundir.read_metrics(float_dir / "metrics.jsonl")
+    records = runfmt.read_metrics(float_dir / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1]
     assert 0.0 <= records[0]["test_top1"] <= 100.0
 
@@ -50,7 +50,7 @@ def test_ddp_trains_float_and_lsq_rows_and_resumes(tmp_path):
     process = torchrun("--row", "4", "--epochs", "3", runs=runs, background=True)
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
-        done = [r["epoch"] for r in rundir.read_metrics(row_dir / "metrics.jsonl")] if (
+        done = [r["epoch"] for r in runfmt.read_metrics(row_dir / "metrics.jsonl")] if (
             row_dir / "metrics.jsonl").exists() else []
         if 1 in done:
             break
@@ -58,12 +58,12 @@ def test_ddp_trains_float_and_lsq_rows_and_resumes(tmp_path):
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
     assert not (row_dir / "summary.json").exists(), "killed before the end"
-    before = {r["epoch"]: r for r in rundir.read_metrics(row_dir / "metrics.jsonl")}
+    before = {r["epoch"]: r for r in runfmt.read_metrics(row_dir / "metrics.jsonl")}
 
     torchrun("--row", "4", "--epochs", "3", runs=runs)
-    after = rundir.read_metrics(row_dir / "metrics.jsonl")
+    after = runfmt.read_metrics(row_dir / "metrics.jsonl")
     assert [r["epoch"] for r in after] == [0, 1, 2, 3]
-    timing = rundir.TIMING_KEYS
+    timing = runfmt.TIMING_KEYS
     assert {k: v for k, v in after[1].items() if k not in timing} == {
         k: v for k, v in before[1].items() if k not in timing}, "resumed epochs match"
     assert all(v["min"] > 0 for v in after[-1]["step_sizes"].values())

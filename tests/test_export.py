@@ -12,25 +12,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
 
-from lsq import export as lsq_export
+from lsq.quant import export as lsq_export
 from lsq.config import make_config
-from lsq.convert import quantize_model
-from lsq.export import (
+from lsq.errors import ExportError
+from lsq.quant.convert import quantize_model
+from lsq.engine.checkpoint import export_run
+from lsq.quant.inspect import quantized_layers
+from lsq.quant.export import (
     apply_export,
     decode_codes,
     dequantize,
     export_model,
-    export_run,
     export_summary,
     load_export,
     pack_2bit,
-    quantized_layers,
     save_export,
     unpack_2bit,
 )
-from lsq.layers import QConv2d, QLinear
+from lsq.quant.layers import QConv2d, QLinear
 from lsq.models import build_model
-from lsq.quantizer import TERNARY, UNSIGNED_2BIT, LsqQuantizer
+from lsq.quant.quantizer import TERNARY, UNSIGNED_2BIT, LsqQuantizer
 
 # levels -> expected storage
 LEVEL_CASES = {
@@ -261,7 +262,7 @@ def test_atomic_write_leaves_no_temp_file(tmp_path, monkeypatch):
 
 
 def _make_run(run_dir, row):
-    from lsq.train import build_run_model
+    from lsq.engine.recipe import build_run_model
 
     config = make_config("synthetic", row, "smoke")
     run_dir.mkdir(parents=True)
@@ -277,8 +278,8 @@ def _make_run(run_dir, row):
 
 
 def test_export_run(tmp_path):
-    pytest.importorskip("lsq.train")
-    from lsq.train import build_run_model
+    pytest.importorskip("torch")
+    from lsq.engine.recipe import build_run_model
 
     run_dir = tmp_path / "row4" / "seed0"
     config, model, x = _make_run(run_dir, 4)
@@ -296,12 +297,12 @@ def test_export_run(tmp_path):
 
 
 def test_export_run_errors(tmp_path):
-    pytest.importorskip("lsq.train")
-    with pytest.raises(FileNotFoundError, match="config.yaml"):
+    pytest.importorskip("torch")
+    with pytest.raises(ExportError, match="config.yaml"):
         export_run(tmp_path / "missing")
     float_run = tmp_path / "row0"
     _make_run(float_run, 0)
-    with pytest.raises(ValueError, match="float run"):
+    with pytest.raises(ExportError, match="float run"):
         export_run(float_run)
     assert not (float_run / "export.pt").exists()
 

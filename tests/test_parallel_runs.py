@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lsq import rundir
+from lsq import runs as runfmt
 from lsq.config import make_config
-from lsq.quantizer import cxx_compiler_available
-from lsq.train import fit, share_cpu_threads, warm_compile_cache
+from lsq.quant.kernels import cxx_compiler_available
+from lsq.engine.host import share_cpu_threads
+from lsq.engine.launch import warm_compile_cache
+from lsq.engine.run import fit
 
 from test_train import lsq_cli
 
@@ -40,7 +42,8 @@ import json, sys
 from dataclasses import replace
 from torch._dynamo.utils import counters
 from lsq.config import make_config
-from lsq.train import fit, warm_and_keep_compiled, warm_compile_cache
+from lsq.engine.launch import warm_and_keep_compiled, warm_compile_cache
+from lsq.engine.run import fit
 
 step, runs, layout = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 small = json.loads(sys.argv[4])
@@ -203,7 +206,7 @@ def lsq_train(runs: Path, row: int, *extra: str, background: bool = False):
 
 def metrics(runs: Path, row: int) -> list[dict]:
     path = runs / "synthetic" / "smoke" / f"row{row}" / "seed0" / "metrics.jsonl"
-    return [{k: v for k, v in json.loads(line).items() if k not in rundir.TIMING_KEYS}
+    return [{k: v for k, v in json.loads(line).items() if k not in runfmt.TIMING_KEYS}
             for line in path.read_text().splitlines()]
 
 
@@ -235,7 +238,7 @@ def test_a_row_started_beside_its_baseline_equals_one_started_after_it(tmp_path)
 
 
 def test_waiting_runs_at_a_lower_priority_then_returns_where_allowed():
-    from lsq.train import lower_cpu_priority
+    from lsq.engine.host import lower_cpu_priority
 
     def nice(thread: int = 0) -> int:
         return os.getpriority(os.PRIO_PROCESS, thread)

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from lsq import quantizer as lsq_quantizer
-from lsq.quantizer import (
+from lsq.quant import kernels as lsq_kernels
+from lsq.quant.quantizer import (
     MIN_STEP_SIZE,
     TERNARY,
     UNSIGNED_2BIT,
@@ -41,10 +41,10 @@ LEVELS = [TERNARY, UNSIGNED_2BIT, (-2, 1), (-8, 7), (0, 1), (-4, 3)]
 PROPERTY_SETTINGS = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-_KERNELS = (lsq_quantizer.fake_quantize_kernel, lsq_quantizer.fake_quantize_backward_kernel)
+_KERNELS = (lsq_kernels.fake_quantize_kernel, lsq_kernels.fake_quantize_backward_kernel)
 
 
-_have_cxx = lsq_quantizer.cxx_compiler_available
+_have_cxx = lsq_kernels.cxx_compiler_available
 
 
 @pytest.fixture(params=["compiled", "eager"])
@@ -417,7 +417,7 @@ def test_channels_last_activation_matches_contiguous(kernels):
 
 
 def test_bf16_autocast(kernels):
-    from lsq.layers import QConv2d
+    from lsq.quant.layers import QConv2d
 
     torch.manual_seed(0)
     q = make_quantizer(UNSIGNED_2BIT, 0.3, kind="activation", dtype=torch.float32)
@@ -515,7 +515,7 @@ def test_per_row_step_gradient_sums_to_the_whole(kernels):
     x = torch.randn(16, 300, generator=generator, dtype=torch.float64)
     grad = torch.randn(16, 300, generator=generator, dtype=torch.float64)
     s = torch.tensor(0.4, dtype=torch.float64)
-    kernel = lsq_quantizer.fake_quantize_backward_kernel
+    kernel = lsq_kernels.fake_quantize_backward_kernel
     grad_x_rows, per_row = kernel(grad, x, s.expand(16, 1), -1, 1, 0.5, "rows")
     grad_x_split, split = kernel(grad, x, s, -1, 1, 0.5, "rows-then-all")
     grad_x_whole, whole = kernel(grad, x, s, -1, 1, 0.5, "all")
@@ -549,8 +549,8 @@ def test_cuda_kernels_match_reference(case, monkeypatch):
 def _row4_model(channels_last: bool):
     from lsq.bench.train import _RepeatLoader
     from lsq.config import make_config
-    from lsq.step import Context
-    from lsq.train import build_run_model, calibrate
+    from lsq.engine.step import Context
+    from lsq.engine.recipe import build_run_model, calibrate
 
     torch.manual_seed(0)
     model = build_run_model(make_config("cifar10", 4, "paper"))
@@ -581,7 +581,7 @@ def test_compiled_model_gradients_match_eager(per_channel, channels_last):
     eager output and gradients, step sizes included. Inside the compiled graph the quantizer
     works on the tensors as they are (no 2-D view), per-channel step sizes and layouts too."""
     torch._dynamo.reset()
-    from lsq.layers import QConv2d
+    from lsq.quant.layers import QConv2d
 
     torch.manual_seed(1)
     conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False).double()

@@ -14,7 +14,9 @@ import pytest
 
 from lsq import runlock
 from lsq.config import make_config
-from lsq.train import TrainingError, fit, fit_after_baseline
+from lsq.engine.launch import fit_after_baseline
+from lsq.engine.run import fit
+from lsq.errors import TrainingError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,7 +107,7 @@ def test_waiting_for_a_missing_baseline_is_one_clear_error(tmp_path):
 
 
 def test_mps_daemon_is_found_by_its_control_pipe(tmp_path):
-    from lsq.train import mps_daemon_running
+    from lsq.engine.host import mps_daemon_running
 
     assert not mps_daemon_running({"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path)})
     (tmp_path / "control").touch()
@@ -116,7 +118,7 @@ def test_mps_daemon_is_found_by_its_control_pipe(tmp_path):
 def test_rows_waiting_on_cuda_without_mps_say_how_to_start_it(tmp_path, monkeypatch, daemon):
     import torch
 
-    import lsq.train
+    import lsq.engine.launch
 
     class Stop(Exception):
         pass
@@ -126,8 +128,8 @@ def test_rows_waiting_on_cuda_without_mps_say_how_to_start_it(tmp_path, monkeypa
 
     # The CUDA branch on a CPU machine: the device resolves to CUDA, and the run stops at its
     # compile warm-up, after the hint would have been given.
-    monkeypatch.setattr(lsq.train, "resolve_device", lambda name: torch.device("cuda"))
-    monkeypatch.setattr(lsq.train, "warm_and_keep_compiled", stop)
+    monkeypatch.setattr(lsq.engine.launch, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(lsq.engine.launch, "warm_and_keep_compiled", stop)
     pipes = tmp_path / "mps"
     pipes.mkdir()
     if daemon:

@@ -11,9 +11,11 @@ import torch
 from torch.nn import functional as F
 
 from lsq.config import make_config
-from lsq.step import NO_BAD_STEP, WARMUP_STEPS, Context, TrainStep
-from lsq.train import (CPU_COMPILE_MIN_STEPS, TrainingError, build_optimizer, build_run_model,
-                       build_scheduler, calibrate, resolve_fast_path, step_size_params)
+from lsq.engine.step import NO_BAD_STEP, WARMUP_STEPS, Context, TrainStep
+from lsq.engine.fastpath import CPU_COMPILE_MIN_STEPS, resolve_fast_path
+from lsq.engine.recipe import build_optimizer, build_run_model, build_scheduler, calibrate
+from lsq.errors import TrainingError
+from lsq.quant.inspect import step_size_params
 
 
 class _Batches:

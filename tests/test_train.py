@@ -14,13 +14,13 @@ import pytest
 import torch
 import yaml
 
-from lsq import rundir
+from lsq import runs as runfmt
 from lsq.config import ConfigError, RunConfig, make_config
-from lsq.quantizer import cxx_compiler_available
-from lsq.train import lr_factor
+from lsq.quant.kernels import cxx_compiler_available
+from lsq.engine.recipe import lr_factor
 
 REPO = Path(__file__).resolve().parent.parent
-TIMING_KEYS = rundir.TIMING_KEYS
+TIMING_KEYS = runfmt.TIMING_KEYS
 SUMMARY_VOLATILE = {"wall_seconds", "started_at", "finished_at", "hostname", "git_sha"}
 
 
@@ -62,7 +62,7 @@ def test_run_directory_is_complete(finished_runs):
             "config.yaml", "metrics.jsonl", "checkpoint.pt", "summary.json"}
         config = RunConfig.from_yaml(directory / "config.yaml")
         assert config.row == row and config.optim.epochs == 2
-        records = rundir.read_metrics(directory / "metrics.jsonl")
+        records = runfmt.read_metrics(directory / "metrics.jsonl")
         expected_epochs = [0, 1, 2] if row else [1, 2]
         assert [r["epoch"] for r in records] == expected_epochs
         summary = json.loads((directory / "summary.json").read_text())
@@ -76,7 +76,7 @@ def test_run_directory_is_complete(finished_runs):
 
 def test_first_epoch_records_the_process_start_up(finished_runs):
     for row in (0, 4):
-        records = rundir.read_metrics(run_dir(finished_runs, row) / "metrics.jsonl")
+        records = runfmt.read_metrics(run_dir(finished_runs, row) / "metrics.jsonl")
         trained = [r for r in records if r["epoch"] > 0]
         # Importing torch alone takes a second; a whole run here takes well under 5 minutes.
         assert 0.5 < trained[0]["startup_seconds"] < 300
@@ -84,20 +84,20 @@ def test_first_epoch_records_the_process_start_up(finished_runs):
 
 
 def test_quantized_metrics_have_step_sizes_and_sparsity(finished_runs):
-    records = rundir.read_metrics(run_dir(finished_runs, 4) / "metrics.jsonl")
+    records = runfmt.read_metrics(run_dir(finished_runs, 4) / "metrics.jsonl")
     for record in records:
         assert record["step_sizes"], "every quantizer reports its step size"
         assert all(v["min"] > 0 for v in record["step_sizes"].values())
         assert 0.0 <= record["weight_sparsity"] <= 1.0
         assert "conv1" in record["layer_sparsity"] and "fc" in record["layer_sparsity"]  # quan_lr=yes
-    float_records = rundir.read_metrics(run_dir(finished_runs, 0) / "metrics.jsonl")
+    float_records = runfmt.read_metrics(run_dir(finished_runs, 0) / "metrics.jsonl")
     assert float_records[-1]["step_sizes"] == {} and float_records[-1]["weight_sparsity"] is None
 
 
 def test_quantized_row_starts_from_its_float_baseline(finished_runs):
     float_state = torch.load(run_dir(finished_runs, 0) / "checkpoint.pt", weights_only=False)["model"]
     # Epoch 0 of row 4 evaluates the converted float model: its BN statistics are the baseline's.
-    quant_start = rundir.read_metrics(run_dir(finished_runs, 4) / "metrics.jsonl")[0]
+    quant_start = runfmt.read_metrics(run_dir(finished_runs, 4) / "metrics.jsonl")[0]
     assert quant_start["epoch"] == 0
     quant_state = torch.load(run_dir(finished_runs, 4) / "checkpoint.pt", weights_only=False)["model"]
     assert quant_state["layer1.0.conv1.weight"].shape == float_state["layer1.0.conv1.weight"].shape
@@ -132,7 +132,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, finished_runs):
     deadline = time.time() + 240
     # Wait until epoch 1 is under way (the epoch-0 evaluation is logged), then kill mid-epoch.
     while time.time() < deadline and process.poll() is None:
-        if metrics.exists() and any(r["epoch"] == 0 for r in rundir.read_metrics(metrics)):
+        if metrics.exists() and any(r["epoch"] == 0 for r in runfmt.read_metrics(metrics)):
             break
         time.sleep(0.05)
     time.sleep(0.3)
@@ -142,8 +142,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, finished_runs):
     assert not list(run_dir(runs, 4).glob("*.tmp")), "no half-written files"
 
     lsq_cli(*args, runs_dir=runs)
-    resumed = rundir.read_metrics(metrics)
-    assert _comparable(resumed) == _comparable(rundir.read_metrics(reference / "metrics.jsonl"))
+    resumed = runfmt.read_metrics(metrics)
+    assert _comparable(resumed) == _comparable(runfmt.read_metrics(reference / "metrics.jsonl"))
     summary = json.loads((run_dir(runs, 4) / "summary.json").read_text())
     expected = json.loads((reference / "summary.json").read_text())
     assert {k: v for k, v in summary.items() if k not in SUMMARY_VOLATILE} == {
@@ -252,7 +252,8 @@ def test_report_renders_from_real_runs(finished_runs, tmp_path):
 
 
 def test_resume_may_change_where_a_run_executes_but_not_what_it_computes(tmp_path):
-    from lsq.train import TrainingError, _check_same_config
+    from lsq.engine.run import _check_same_config
+    from lsq.errors import TrainingError
 
     config = make_config("synthetic", 1).with_overrides("data.workers=2")
     directory = tmp_path / "run"
@@ -267,15 +268,15 @@ def test_resume_may_change_where_a_run_executes_but_not_what_it_computes(tmp_pat
 
 def test_evaluation_compiles_with_the_run_except_a_float_model_on_cuda():
     from lsq.models import build_model
-    from lsq.train import _eval_model
+    from lsq.engine.fastpath import eval_model
 
     float_model = build_model("resnet20", num_classes=10, in_channels=3)
-    assert _eval_model(float_model, False, torch.device("cpu")) is float_model
-    assert _eval_model(float_model, True, torch.device("cuda")) is float_model  # nothing compiles yet
-    assert isinstance(_eval_model(float_model, True, torch.device("cpu")), torch._dynamo.eval_frame.OptimizedModule)
+    assert eval_model(float_model, False, torch.device("cpu")) is float_model
+    assert eval_model(float_model, True, torch.device("cuda")) is float_model  # nothing compiles yet
+    assert isinstance(eval_model(float_model, True, torch.device("cpu")), torch._dynamo.eval_frame.OptimizedModule)
     quantized = make_config("synthetic", 4, "smoke")
-    from lsq.train import build_run_model
-    assert isinstance(_eval_model(build_run_model(quantized), True, torch.device("cuda")),
+    from lsq.engine.recipe import build_run_model
+    assert isinstance(eval_model(build_run_model(quantized), True, torch.device("cuda")),
                       torch._dynamo.eval_frame.OptimizedModule)
 
 
@@ -285,12 +286,14 @@ def _compiled_and_eager_evaluation(row: int):
     in batches of 16, 16 and 8."""
     from dataclasses import replace
 
-    from lsq.train import _build, _eval_model, calibrate, evaluate
+    from lsq.engine.fastpath import eval_model
+    from lsq.engine.recipe import calibrate, evaluate
+    from lsq.engine.run import build_run
 
     config = replace(make_config("synthetic", row, "smoke").with_overrides(
         "data.train_subset=64", "data.test_subset=40", "optim.eval_batch_size=16"), device="cpu")
     cpu = torch.device("cpu")
-    run = _build(config, cpu, 0, 1, None, progress=False)
+    run = build_run(config, cpu, 0, 1, None, progress=False)
     if row:
         calibrate(run.model, run.data.train, run.ctx)
     eager = evaluate(run.model, run.data.test, run.ctx)
@@ -305,7 +308,7 @@ def _compiled_and_eager_evaluation(row: int):
             return self.inner(images)
 
     spy = Spy(run.model)
-    compiled = evaluate(_eval_model(run.model, True, cpu), run.data.test, run.ctx, spy)
+    compiled = evaluate(eval_model(run.model, True, cpu), run.data.test, run.ctx, spy)
     return compiled, eager, spy.sizes
 
 

@@ -7,12 +7,12 @@ import json
 from data_fixtures import write_cifar10, write_fashion_mnist, write_image_folder
 from test_train import lsq_cli
 
-from lsq import rundir
+from lsq import runs as runfmt
 
 
 def _summary(runs, dataset, row):
     directory = runs / dataset / "smoke" / f"row{row}" / "seed0"
-    return json.loads((directory / "summary.json").read_text()), rundir.read_metrics(directory / "metrics.jsonl")
+    return json.loads((directory / "summary.json").read_text()), runfmt.read_metrics(directory / "metrics.jsonl")
 
 
 def test_cifar10_rows_from_the_torchvision_format(tmp_path):

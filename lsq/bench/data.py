@@ -27,8 +27,8 @@ from torch.nn import functional as F
 from lsq.config import DataConfig
 from lsq.data import build_data
 from lsq.models import build_model
-from lsq.rundir import device_description
-from lsq.train import resolve_device
+from lsq.engine.host import device_description
+from lsq.engine.host import resolve_device
 from lsq.bench import sync
 
 PER_IMAGE_WORKERS = (0, 2)

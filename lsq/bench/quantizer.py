@@ -39,12 +39,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lsq.convert import quantize_model
+from lsq.quant.convert import quantize_model
 from lsq.models import build_model
-from lsq.quantizer import MIN_STEP_SIZE, TERNARY, UNSIGNED_2BIT, LsqQuantizer
-from lsq import quantizer as lsq_quantizer
+from lsq.quant.quantizer import MIN_STEP_SIZE, TERNARY, UNSIGNED_2BIT, LsqQuantizer
+from lsq.quant import kernels as lsq_kernels
 from lsq.bench import sync
-from lsq.rundir import device_description
+from lsq.engine.host import device_description
 
 ROW1 = dict(weight_levels=TERNARY)
 ROW4 = dict(weight_levels=TERNARY, act_levels=UNSIGNED_2BIT, quantize_first_last=True)
@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(warmup {args.warmup}) | LSQ_COMPILE={os.environ.get('LSQ_COMPILE', '1')}")
     for line in format_table(settings, args.batch_size):
         print(line)
-    fallen_back = [k for k in (lsq_quantizer.fake_quantize_kernel,
-                               lsq_quantizer.fake_quantize_backward_kernel) if k.failed]
+    fallen_back = [k for k in (lsq_kernels.fake_quantize_kernel,
+                               lsq_kernels.fake_quantize_backward_kernel) if k.failed]
     if fallen_back:
         print("note: torch.compile of the LSQ kernels failed; 'row4' ran the eager fallback")
     return 0

@@ -20,10 +20,13 @@ import torch
 
 from lsq.config import make_config
 from lsq.experiments import get_table
-from lsq.rundir import device_description, write_json
-from lsq.step import WARMUP_STEPS, Context, TrainStep
-from lsq.train import (build_optimizer, build_run_model, calibrate, resolve_device, resolve_fast_path,
-                       step_size_params)
+from lsq.engine.host import device_description
+from lsq.runs import write_json
+from lsq.engine.step import WARMUP_STEPS, Context, TrainStep
+from lsq.engine.fastpath import resolve_fast_path
+from lsq.engine.host import resolve_device
+from lsq.engine.recipe import build_optimizer, build_run_model, calibrate
+from lsq.quant.inspect import step_size_params
 from lsq.bench import sync
 
 TRAIN_IMAGES = {"cifar10": 50_000, "imagenet": 1_281_167, "fashion-mnist": 60_000, "synthetic": 50_000}

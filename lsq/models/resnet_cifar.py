@@ -52,7 +52,7 @@ class CifarResNet(nn.Module):
 
     def relus_feeding_one_conv(self) -> dict[str, str]:
         """``{relu module: the conv that alone reads its output}``: each block's inner ReLU
-        (the block's output ReLU also feeds the shortcut). ``lsq.convert.quantize_model`` lets
+        (the block's output ReLU also feeds the shortcut). ``lsq.quant.convert.quantize_model`` lets
         an unsigned input quantizer absorb these."""
         return {f"{name}.relu1": f"{name}.conv2"
                 for name, module in self.named_modules() if isinstance(module, BasicBlock)}

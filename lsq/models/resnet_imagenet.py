@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torchvision import models as tv_models
 
+from lsq.errors import WeightsNotFoundError
+
 
 def resnet18(
     num_classes: int = 1000,
@@ -27,7 +29,7 @@ def resnet18(
     if weights_path is not None:
         path = Path(weights_path)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise WeightsNotFoundError(
                 f"ResNet-18 weights file {path} not found; copy torchvision's "
                 "resnet18-f37072fd.pth there (or use weights='IMAGENET1K_V1' with internet)"
             )

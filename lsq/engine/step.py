@@ -23,7 +23,7 @@ buffers are the optimizer's own state. The scheduler, the optimizer's state dict
 checkpoints are the same with and without graphs; the fused kernel may round differently from
 torch's default (foreach) SGD in the last bit.
 
-Step sizes are initialised before capture (``lsq.train.calibrate``), and the quantizers'
+Step sizes are initialised before capture (``lsq.engine.recipe.calibrate``), and the quantizers'
 "initialised?" flag is a Python attribute, so the captured forward reads no device flag.
 """
 
@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.optim.sgd import sgd as functional_sgd
 
-from lsq.quantizer import MIN_STEP_SIZE
+from lsq.quant.quantizer import MIN_STEP_SIZE
 
 WARMUP_STEPS = 3
 NO_BAD_STEP = torch.iinfo(torch.int64).max  # a MIN over ranks then names the earliest bad step
@@ -106,7 +106,7 @@ class TrainStep:
 
     Args:
         model: the module to step (maybe DDP-wrapped or compiled).
-        optimizer: SGD built by ``lsq.train.build_optimizer``.
+        optimizer: SGD built by ``lsq.engine.recipe.build_optimizer``.
         ctx: device, autocast, step sizes to project; ``ctx.cuda_graphs`` turns capture on.
         eager_model: the plain module sharing ``model``'s parameters, for batches of another
             size in a single process (a compiled model would recompile for them) and for naming

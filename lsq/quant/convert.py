@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from lsq.layers import QConv2d, QLinear
-from lsq.quantizer import Levels, LsqQuantizer, check_levels
+from lsq.quant.layers import QConv2d, QLinear
+from lsq.quant.quantizer import Levels, LsqQuantizer, check_levels
 
 
 def _first_last_names(model: nn.Module, names: tuple[str, str] | None) -> tuple[str, str]:
@@ -56,7 +56,7 @@ def quantize_model(
     """Replace every Conv2d/Linear of ``model`` in place with its quantized twin; returns it.
 
     ``quantizer_options`` (``init_scale``, ``init_method``, ``use_grad_scale``) go to every
-    :class:`~lsq.quantizer.LsqQuantizer` (ablations).
+    :class:`~lsq.quant.quantizer.LsqQuantizer` (ablations).
     """
     if weight_levels is None and act_levels is None:
         raise ValueError("quantize_model needs weight_levels or act_levels (or both)")

@@ -3,7 +3,7 @@
 For a quantized layer with levels ``q_min..q_max`` and step size ``s`` (0-d, or one per output
 channel), the forward uses ``W_hat = round(clip(W / s, q_min, q_max)) * s``. The export stores the
 integer codes ``k = W_hat / s`` (integers in ``[q_min, q_max]``, taken from the quantizer's own
-output by :meth:`~lsq.quantizer.LsqQuantizer.integer_codes`) and ``s``; :func:`dequantize`
+output by :meth:`~lsq.quant.quantizer.LsqQuantizer.integer_codes`) and ``s``; :func:`dequantize`
 computes ``k * s`` in the same dtype as the forward, so the result is bitwise equal to the
 quantizer's output.
 
@@ -39,8 +39,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lsq.quantizer import MIN_STEP_SIZE, LsqQuantizer
-from lsq.rundir import atomic_torch_save
+from lsq.errors import ExportError
+from lsq.quant.inspect import quantized_layers
+from lsq.quant.quantizer import MIN_STEP_SIZE, LsqQuantizer
+from lsq.runs import atomic_torch_save
 
 FORMAT = "lsq-export"
 VERSION = 1
@@ -98,14 +100,6 @@ def decode_codes(layer: dict) -> torch.Tensor:
 # --- export / import ------------------------------------------------------------------------
 
 
-def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, layer)`` of every layer whose weight passes through an LSQ quantizer."""
-    return [
-        (name, module) for name, module in model.named_modules()
-        if isinstance(getattr(module, "weight_quantizer", None), LsqQuantizer)
-    ]
-
-
 def _export_layer(name: str, layer: nn.Module) -> dict:
     quantizer: LsqQuantizer = layer.weight_quantizer
     if not quantizer._initialized:
@@ -156,16 +150,16 @@ def export_model(model: nn.Module) -> dict:
 
 def _check_export(export: dict) -> dict:
     if not isinstance(export, dict) or export.get("format") != FORMAT:
-        raise ValueError("not an LSQ export (missing format='lsq-export')")
+        raise ExportError("not an LSQ export (missing format='lsq-export')")
     if export.get("version") != VERSION:
-        raise ValueError(f"unsupported LSQ export version {export.get('version')!r}; expected {VERSION}")
+        raise ExportError(f"unsupported LSQ export version {export.get('version')!r}; expected {VERSION}")
     return export
 
 
 def dequantize_layer(layer: dict) -> torch.Tensor:
     """``k * s`` in the forward's dtype: bitwise equal to the quantizer's output."""
     dtype = getattr(torch, layer["dtype"])
-    # The forward clamps s to the floor before using it (lsq.quantizer.MIN_STEP_SIZE).
+    # The forward clamps s to the floor before using it (lsq.quant.quantizer.MIN_STEP_SIZE).
     s = layer["step_size"].clamp_min(MIN_STEP_SIZE)
     codes = decode_codes(layer)
     if layer["per_channel"]:
@@ -265,35 +259,3 @@ def export_summary(model_or_export: nn.Module | dict) -> dict:
         "float32_bytes": float32_bytes,
         "compression_ratio": float32_bytes / export_bytes if export_bytes else None,
     }
-
-
-# --- runs -----------------------------------------------------------------------------------
-
-
-def export_run(run_dir: str | Path, out_path: str | Path | None = None) -> dict:
-    """Export a finished (or checkpointed) quantized run: writes ``export.pt``, returns the summary.
-
-    The model is rebuilt from ``run_dir/config.yaml`` with :func:`lsq.train.build_run_model` and
-    loaded from ``run_dir/checkpoint.pt`` (key ``"model"``).
-    """
-    from lsq import rundir
-    from lsq.config import RunConfig
-    # The trainer owns how a config becomes a model and how a checkpoint is read.
-    from lsq.train import load_checkpoint, build_run_model
-
-    run_dir = Path(run_dir)
-    for required in (rundir.CONFIG, rundir.CHECKPOINT):
-        if not (run_dir / required).is_file():
-            raise FileNotFoundError(f"{run_dir / required} not found; is {run_dir} a run directory?")
-    config = RunConfig.from_yaml(run_dir / rundir.CONFIG)
-    if config.quant.is_float:
-        raise ValueError(f"{run_dir} is a float run: it has no quantized layers to export")
-    model = build_run_model(config)
-    model.load_state_dict(load_checkpoint(run_dir / rundir.CHECKPOINT, keys=("model",))["model"])
-    model.eval()
-    export = export_model(model)
-    out = save_export(export, out_path if out_path is not None else run_dir / "export.pt")
-    summary = export_summary(export)
-    summary["path"] = str(out)
-    summary["file_bytes"] = out.stat().st_size
-    return summary

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lsq.quantizer import LsqQuantizer
+from lsq.quant.quantizer import LsqQuantizer
 
 
 def _maybe(quantizer: LsqQuantizer | None, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,55 @@
+"""The project's own error types: bad input, or a state the user can fix.
+
+``python -m lsq`` prints any :class:`LsqError` as one ``error:`` line naming the problem and the
+fix, and exits 2. Every other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class LsqError(Exception):
+    """Base of every error the CLI reports as one line."""
+
+
+class ConfigError(LsqError, ValueError):
+    """A bad configuration value, key, name or argument; the message names it and the fix."""
+
+
+class DataError(LsqError, ValueError):
+    """A dataset file that is there but cannot be used (wrong format, truncated)."""
+
+
+class DatasetNotFoundError(LsqError, FileNotFoundError):
+    """A dataset that is not where training expects it; the message says how to get it."""
+
+
+class ExportError(LsqError, ValueError):
+    """A run or file that cannot be exported or loaded as an export."""
+
+
+class TrainingError(LsqError, RuntimeError):
+    """A run cannot go on; the message says why and what to do."""
+
+
+class BaselineMissingError(TrainingError):
+    """A quantized row's float baseline has not been trained."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss became NaN or infinite."""
+
+
+class CorruptCheckpointError(TrainingError):
+    """A checkpoint that cannot be read."""
+
+
+class RunLockedError(LsqError, RuntimeError):
+    """Another process is training this run."""
+
+
+class BaselineFailedError(LsqError, RuntimeError):
+    """The run waited for stopped without finishing, or never started."""
+
+
+class WeightsNotFoundError(LsqError, FileNotFoundError):
+    """A pretrained weights file that is not where it was said to be."""
