@@ -12,6 +12,10 @@ The fabricated tree (``write_fake_runs(root)``):
 * ``imagenet/quick``: row 0 (pretrained: one ``"epoch": 0`` line) and rows 1-2, seeds 0-1, top-5;
 * ``synthetic/smoke``: rows 0-4 and one ablation (row 1, init-x4), seed 0 only,
   ``data_kind: synthetic``.
+
+``write_full_runs(root)`` adds ``fashion-mnist/full`` caught mid-training (not part of the tree
+above): rows 0, 1 and 3 finished for some seeds, row 2 in progress, row 4 not started; with
+``started_only=True``, only two float runs at their first epoch, as the first hour leaves it.
 """
 
 from __future__ import annotations
@@ -61,7 +65,14 @@ EPOCHS = {  # (float, quantized) epochs per profile, as lsq.config budgets them
     ("cifar10", "paper"): (3, 3),
     ("imagenet", "quick"): (0, 2),
     ("synthetic", "smoke"): (1, 1),
+    ("fashion-mnist", "full"): (20, 8),
 }
+FULL_TOP1 = {  # fashion-mnist/full, finished runs of write_full_runs
+    "row0": {0: 93.0, 1: 93.4, 2: 93.2},
+    "row1": {0: 92.9, 1: 93.1, 2: 93.3},
+    "row3": {0: 91.0, 1: 91.6},
+}
+FULL_IN_PROGRESS = {("row2", 0): 3, ("row3", 2): 5}  # (run, seed) -> epochs done
 # Final fraction of zero ternary weights: larger inits zero more weights.
 FINAL_SPARSITY = {"": 0.40, "init-x4": 0.80, "init-x0.25": 0.10}
 WALL_SECONDS = 360.0
@@ -168,6 +179,21 @@ def write_fake_runs(root: str | Path, datasets: tuple[str, ...] | None = None) -
     if (root / CORRUPT_RUN).is_dir():
         with open(root / CORRUPT_RUN / "metrics.jsonl", "a") as handle:
             handle.write('{"epoch": 3, "test_top1": 9')  # a line cut by a kill mid-write
+    return root
+
+
+def write_full_runs(root: str | Path, started_only: bool = False) -> Path:
+    """Fabricate ``fashion-mnist/full`` in training (module docstring) under ``root``."""
+    root = Path(root)
+    if started_only:
+        for seed in (0, 1):
+            write_run(root, "fashion-mnist", "full", "row0", seed, 70.0, done=False, epochs_done=1)
+        return root
+    for run_name, seeds in FULL_TOP1.items():
+        for seed, final in seeds.items():
+            write_run(root, "fashion-mnist", "full", run_name, seed, final)
+    for (run_name, seed), done in FULL_IN_PROGRESS.items():
+        write_run(root, "fashion-mnist", "full", run_name, seed, 50.0, done=False, epochs_done=done)
     return root
 
 

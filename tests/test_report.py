@@ -8,10 +8,10 @@ import warnings
 
 import pandas as pd
 import pytest
-from report_fixtures import FINAL_TOP1, write_fake_runs, write_run
+from report_fixtures import FINAL_TOP1, write_fake_runs, write_full_runs, write_run
 from scipy import stats as scipy_stats
 
-from lsq.report import analysis, claims, figures, tables
+from lsq.report import analysis, claims, collect, figures, tables
 from lsq.report.collect import RunWarning, load_runs
 
 
@@ -43,6 +43,43 @@ def test_summaries_hold_finished_runs_only(runs):
     assert set(runs.summaries["ablation"]) >= {"", "init-x4", "sched-step"}
     assert runs.pages() == [("fashion-mnist", "quick"), ("cifar10", "paper"),
                             ("imagenet", "quick"), ("synthetic", "smoke")]
+
+
+def test_profiles_are_ordered_by_lsq_config_profiles_only(tmp_path, monkeypatch):
+    root = write_full_runs(write_fake_runs(tmp_path, ("fashion-mnist",)))
+    with pytest.warns(RunWarning):  # the fabricated corrupt line
+        loaded = load_runs(root)
+    assert loaded.pages() == [("fashion-mnist", "full"), ("fashion-mnist", "quick")]
+    assert set(collect.longest_profile(loaded.summaries, "fashion-mnist")["profile"]) == {"full"}
+    # The one list decides: reversed, the quick profile comes first and counts as the longest.
+    monkeypatch.setattr(collect, "PROFILES", ("smoke", "quick", "full", "paper"))
+    assert loaded.pages() == [("fashion-mnist", "quick"), ("fashion-mnist", "full")]
+    assert set(collect.longest_profile(loaded.summaries, "fashion-mnist")["profile"]) == {"quick"}
+    assert collect.longest_profile(loaded.summaries, "cifar10") is None
+
+
+def test_in_progress_rows_say_so_in_tables_and_claims(tmp_path):
+    selected = load_runs(write_full_runs(tmp_path)).select("fashion-mnist", "full")
+    shown = tables.flatten(tables.format_results_table(
+        tables.results_table(selected.summaries, selected.in_progress, "fashion-mnist"),
+        "fashion-mnist")).set_index("ID")
+    assert shown.loc["2", ["seeds", "test_acc", "drop_acc"]].tolist() == [
+        "0 (+1 running)", "in progress", "in progress"]
+    assert shown.loc["4", ["seeds", "test_acc"]].tolist() == ["—", "not run"]
+    assert shown.loc["3", "seeds"] == "2 (+1 running)"
+    v = {v.claim.key: v for v in claims.evaluate_claims(selected.summaries, "fashion-mnist",
+                                                         selected.in_progress)}
+    assert [p.note for p in v["first-last-not-obvious"].parts] == ["row 2 in progress",
+                                                                   "row 4 not run"]
+    assert v["full-quantization-gap"].verdict == claims.NOT_MEASURED
+    started = load_runs(write_full_runs(tmp_path / "started", started_only=True))
+    first = started.select("fashion-mnist", "full")
+    assert first.summaries.empty and len(first.in_progress) == 2
+    table = tables.flatten(tables.format_results_table(
+        tables.results_table(first.summaries, first.in_progress, "fashion-mnist"), "fashion-mnist"))
+    assert table.loc[0, ["seeds", "test_acc"]].tolist() == ["0 (+2 running)", "in progress"]
+    curves = figures.accuracy_curves(selected, (1, 2)), figures.accuracy_curves(selected, (3, 4))
+    assert "row 2: in progress" in labels(curves[0]) and "row 4: not run" in labels(curves[1])
 
 
 def test_in_progress_run_is_listed_not_a_result(runs):

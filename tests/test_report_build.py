@@ -117,6 +117,74 @@ def test_analysis_page(full):
     assert "constant lr on row 3: not run." in text
 
 
+def _build_fashion(tmp_path, started_only: bool) -> Path:
+    import warnings
+
+    from report_fixtures import write_fake_runs, write_full_runs
+
+    runs = write_full_runs(write_fake_runs(tmp_path / "runs", ("fashion-mnist",)), started_only)
+    with warnings.catch_warnings():  # the fabricated corrupt line's warning is tested elsewhere
+        warnings.simplefilter("ignore")
+        build_report(runs, tmp_path / "report", execute_notebooks=False,
+                     results_dir=tmp_path / "no-results")
+    return tmp_path / "report"
+
+
+def test_index_opens_with_the_full_profile_once_it_has_finished_runs(tmp_path):
+    out = _build_fashion(tmp_path, started_only=False)
+    markdown = (out / "index.md").read_text()
+    html = (out / "site" / "index.html").read_text()
+    for text in (markdown, html):
+        lead = text.index("Strongest evidence: fashion-mnist · full profile")
+        assert lead < text.index("Pages")  # before everything else
+        assert "stands in for CIFAR-10" in text and "cannot be downloaded" in text
+        assert "fashion-mnist-full-acc-weight-only.png" in text  # its curves
+        assert "fashion-mnist-full-acc-full.png" in text
+    # The table: mean ± std, drops, the CIFAR-10 rows and Δ; rows in training say so.
+    assert ("| 1 | no | [-1,0,1] | none | 0.01 | 8 | 3 | 93.10 ± 0.20 | 89.69 | +3.41 | "
+            "+0.10 ± 0.20 | -0.13 | +0.23 |") in markdown
+    assert "| 0 (+1 running) | in progress | 89.55 | — | in progress | -0.01 | — |" in markdown
+    assert "| — | not run | 87.24 | — | not run | 2.32 | — |" in markdown
+    # Each claim with its interval and verdict.
+    assert "| drop row 1 | +0.10 | [-0.40, +0.60] | 3 | < 1.00 | holds | — |" in markdown
+    assert "row 2 in progress; row 4 not run" in markdown
+    assert markdown.count("Strongest evidence") == 1
+    # The quick profile is now a secondary page that points to the longer one.
+    quick = (out / "fashion-mnist-quick.md").read_text()
+    assert "A longer profile of this dataset has runs: [fashion-mnist · full]" in quick
+    assert "A longer profile" not in (out / "fashion-mnist-full.md").read_text()
+    assert 'href="fashion-mnist-full.html">fashion-mnist · full</a>' in (
+        out / "site" / "fashion-mnist-quick.html").read_text()
+
+
+def test_full_profile_with_only_runs_in_progress_is_named_not_led_with(tmp_path):
+    out = _build_fashion(tmp_path, started_only=True)
+    markdown = (out / "index.md").read_text()
+    assert "*Coming: [fashion-mnist · full](fashion-mnist-full.md), a longer profile, has 2 runs " \
+           "in progress and none finished yet" in markdown
+    assert "## Strongest evidence: fashion-mnist · quick profile" in markdown
+    full = (out / "fashion-mnist-full.md").read_text()
+    assert "| 0 | no | none | none | 0.1 | — | 0 (+2 running) | in progress |" in full
+    assert "| fashion-mnist/full/row0/seed1 | 1 of 20 |" in full
+    assert "stands in for CIFAR-10" in full
+    assert "No finished run, no figure." in full
+
+
+def test_the_lead_is_the_longest_real_profile_and_never_synthetic(full, tmp_path):
+    # The fabricated tree: cifar10 at the paper profile outranks the quick and smoke pages.
+    import warnings
+
+    from report_fixtures import write_fake_runs
+
+    index = (full.out / "index.md").read_text()
+    assert "## Strongest evidence: cifar10 · paper profile" in index
+    only_synthetic = write_fake_runs(tmp_path / "runs", ("synthetic",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build_report(only_synthetic, tmp_path / "report", execute_notebooks=False)
+    assert "Strongest evidence" not in (tmp_path / "report" / "index.md").read_text()
+
+
 def test_empty_runs_dir_renders_a_page(tmp_path):
     index = build_report(tmp_path / "none", tmp_path / "report", execute_notebooks=False)
     assert "No run directories found" in index.read_text()

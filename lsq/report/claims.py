@@ -82,11 +82,14 @@ def _part(label: str, found: Interval, claim: Claim, note: str = "") -> Part:
     return Part(label, found, verdict, needed, note)
 
 
-def _compare(pivot: pd.DataFrame, comparison: Comparison) -> tuple[Interval, str]:
-    """The paired interval of one comparison on a (seed × row) pivot, or why there is none."""
+def _compare(pivot: pd.DataFrame, comparison: Comparison,
+             training: set[int]) -> tuple[Interval, str]:
+    """The paired interval of one comparison on a (seed × row) pivot, or why there is none
+    (``training``: rows with runs still in progress)."""
     missing = [row for row in (comparison.first, comparison.second) if row not in pivot]
     if missing:
-        return stats.NONE, f"row {missing[0]} not run"
+        state = "in progress" if missing[0] in training else "not run"
+        return stats.NONE, f"row {missing[0]} {state}"
     found = stats.paired(pivot[comparison.first], pivot[comparison.second])
     return found, "" if found.measured else "no seed has both rows"
 
@@ -155,9 +158,14 @@ def claims_for(dataset: str) -> list[str]:
             "full-quantization-gap"]
 
 
-def evaluate_claims(summaries: pd.DataFrame, dataset: str) -> list[Verdict]:
-    """Verdicts of every claim on one (dataset, profile)'s finished plain runs."""
+def evaluate_claims(summaries: pd.DataFrame, dataset: str,
+                    in_progress: pd.DataFrame | None = None) -> list[Verdict]:
+    """Verdicts of every claim on one (dataset, profile)'s finished plain runs; a row that has
+    only runs in progress (``in_progress``, as ``Runs.in_progress``) is said to be so."""
     pivot = by_seed(summaries, "top1")
+    training = set()
+    if in_progress is not None and len(in_progress):
+        training = {int(r) for r in in_progress.loc[in_progress["ablation"] == "", "row"]}
     kinds = set(summaries["data_kind"].dropna()) if len(summaries) else set()
     data_kind = "synthetic" if "synthetic" in kinds else "real"
     published = published_pivot(dataset)
@@ -166,7 +174,7 @@ def evaluate_claims(summaries: pd.DataFrame, dataset: str) -> list[Verdict]:
         claim = CLAIMS[key]
         parts = []
         for comparison in claim.comparisons:
-            found, note = _compare(pivot, comparison)
+            found, note = _compare(pivot, comparison, training)
             parts.append(_part(comparison.label, found, claim, note))
         parts = tuple(parts)
         measured = tuple(p for p in parts if p.interval.measured)

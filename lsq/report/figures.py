@@ -86,6 +86,12 @@ def _plain(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["ablation"] == ""]
 
 
+def _missing(runs: Runs, row: int) -> str:
+    """Legend text of a row with no finished run: still training, or not started."""
+    waiting = _plain(runs.in_progress)
+    return "in progress" if (waiting["row"] == row).any() else "not run"
+
+
 @_styled
 def accuracy_curves(runs: Runs, rows: tuple[int, ...] = (1, 2),
                     metric: str = "test_top1") -> Figure:
@@ -110,7 +116,7 @@ def accuracy_curves(runs: Runs, rows: tuple[int, ...] = (1, 2),
     for row in rows:
         frame = epochs[epochs["row"] == row]
         if frame.empty:
-            ax.plot([], [], color=ROW_COLORS[row], label=f"row {row}: not run")
+            ax.plot([], [], color=ROW_COLORS[row], label=f"row {row}: {_missing(runs, row)}")
             continue
         _mean_band(ax, frame, metric, _row_label(runs.dataset, row, frame["seed"].nunique()),
                    ROW_COLORS[row], linewidth=1.6, marker="o", markersize=3)
@@ -177,7 +183,7 @@ def weight_sparsity(runs: Runs, rows: tuple[int, ...] = (1, 2, 3, 4)) -> Figure:
     for row in rows:
         frame = epochs[epochs["row"] == row].dropna(subset=["weight_sparsity"])
         if frame.empty:
-            ax.plot([], [], color=ROW_COLORS[row], label=f"row {row}: not run")
+            ax.plot([], [], color=ROW_COLORS[row], label=f"row {row}: {_missing(runs, row)}")
             continue
         frame = frame.assign(zero_percent=100 * frame["weight_sparsity"])
         label = _row_label(runs.dataset, row, frame["seed"].nunique())

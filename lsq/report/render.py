@@ -27,7 +27,7 @@ import pandas as pd
 
 from lsq.experiments import TABLES, get_table
 from lsq.report import analysis, claims, figures, speed, tables
-from lsq.report.collect import Runs, load_runs
+from lsq.report.collect import Runs, load_runs, profile_rank
 
 TEMPLATES = Path(__file__).parent / "templates"
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
@@ -93,6 +93,8 @@ class Page:
     notebooks: dict[str, str] = field(default_factory=dict)  # kind -> html file (site-relative)
     problems: list[str] = field(default_factory=list)
     reproduction: str = ""  # what `make reproduce` found, from <runs>/<dataset>/<profile>/reproduction.json
+    stand_in: str = ""  # why this dataset stands in for a published one (tables.stand_in_note)
+    longer: list["Page"] = field(default_factory=list)  # this dataset's longer profiles with runs
 
     @property
     def slug(self) -> str:
@@ -133,6 +135,8 @@ def build_report(runs_dir: str | Path = "runs", out_dir: str | Path = "report", 
             continue
         pages.append(_page(runs.select(dataset, profile)))
     for page in pages:
+        page.longer = [other for other in pages if other.dataset == page.dataset
+                       and profile_rank(other.profile) < profile_rank(page.profile)]
         _draw_figures(page, site)
     errors: list[str] = []
     if execute_notebooks:
@@ -160,8 +164,8 @@ def _page(runs: Runs) -> Page:
         epochs_text=_epochs_text(summaries, dataset),
         data_text=_data_text(summaries, kinds),
         results=tables.format_results_table(numbers, dataset),
-        implied_note=tables.implied_baseline_note(dataset) if table.has_published else "",
-        claims=claims.claims_table(claims.evaluate_claims(summaries, dataset)),
+        implied_note=_implied_note(dataset),
+        claims=claims.claims_table(claims.evaluate_claims(summaries, dataset, runs.in_progress)),
         in_progress=tables.in_progress_table(runs.in_progress),
         provenance=tables.provenance_table(summaries),
         compute=tables.compute_totals(summaries),
@@ -170,6 +174,7 @@ def _page(runs: Runs) -> Page:
         wall_text=_wall_text(summaries),
         has_analysis=analysis.has_ablations(summaries, runs.in_progress),
         problems=[p for p in runs.problems if p.startswith(f"{dataset}/{profile}/")],
+        stand_in=tables.stand_in_note(dataset),
     )
     reproduction = runs.root / dataset / profile / REPRODUCTION
     if reproduction.exists():
@@ -187,6 +192,15 @@ def _page(runs: Runs) -> Page:
                 "verdicts": analysis.verdicts(numbers),
             })
     return page
+
+
+def _implied_note(dataset: str) -> str:
+    """The implied published float baseline of the table the page is compared with."""
+    reference = tables.reference_table(dataset)
+    if reference is None:
+        return ""
+    note = tables.implied_baseline_note(reference.dataset)
+    return note if reference.dataset == dataset else f"For the {reference.name} rows: {note}"
 
 
 REPRODUCTION = "reproduction.json"  # written by `make reproduce` (lsq compare-runs --json)
@@ -494,8 +508,10 @@ def _write_pages(runs: Runs, pages: list[Page], out_dir: Path, site: Path,
         claims_note=CLAIMS_NOTE, ablation_note=ABLATION_NOTE,
         pages=pages, generated_from=str(runs.root), root="",
     )
+    lead = lead_page(pages)
     index = dict(
-        common, overview=_overview(pages),
+        common, overview=_overview(pages), lead=lead, lead_figures=_lead_figures(lead),
+        pending=pending_pages(pages, lead),
         cross_claims=claims.claims_table([claims.first_last_across_datasets(summaries)]),
         compute=tables.compute_totals(summaries),
         in_progress=tables.in_progress_table(runs.in_progress),
@@ -527,6 +543,40 @@ def _write_pages(runs: Runs, pages: list[Page], out_dir: Path, site: Path,
             _write(site / file, html.get_template("notebook.html.j2").render(
                 dict(common, root="../"), page=page, kind=kind, body=_notebook_body(notebook),
                 ipynb=notebook.name))
+
+
+def lead_page(pages: list[Page]) -> Page | None:
+    """The page the index opens with: the strongest real evidence the runs hold.
+
+    Among pages of real data with at least one finished table run, the longest profile
+    (``lsq.config.PROFILES``) wins; on a tie, a dataset with a published table before one that
+    stands in for it; then the page order. None when no real run has finished.
+    """
+    candidates = [page for page in pages if not page.synthetic
+                  and not tables.plain_runs(page.runs.summaries).empty]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda page: (profile_rank(page.profile),
+                                             not get_table(page.dataset).has_published,
+                                             pages.index(page)))
+
+
+def pending_pages(pages: list[Page], lead: Page | None) -> list[Page]:
+    """Real-data pages of a longer profile than the lead's whose runs are all still in
+    progress: the stronger evidence that is coming, which the index names above the lead."""
+    rank = profile_rank(lead.profile) if lead is not None else float("inf")
+    return [page for page in pages if not page.synthetic and page.runs.summaries.empty
+            and not page.runs.in_progress.empty and profile_rank(page.profile) < rank]
+
+
+LEAD_FIGURES = ("acc-weight-only", "acc-full")  # the curves the index shows beside the lead table
+
+
+def _lead_figures(page: Page | None) -> list[FigureLink]:
+    if page is None:
+        return []
+    return [item for item in page.figures
+            if any(item.file.endswith(f"{page.slug}-{name}.png") for name in LEAD_FIGURES)]
 
 
 def _overview(pages: list[Page]) -> pd.DataFrame:
