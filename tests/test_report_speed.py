@@ -1,4 +1,5 @@
-"""The report's "Measured speed" section: read from benchmarks/results-style folders, never typed."""
+"""The report's Speed page: read from benchmarks/results-style folders, never typed; the latest
+check per device only."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import yaml
 
 from lsq.config import make_config
 from lsq.report import build_report
-from lsq.report.speed import bench_table, table_timings, table_walls
+from lsq.report.speed import (DEFAULT_RESULTS, bench_table, checks, latest_checks, left_out,
+                              table_timings, table_walls)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _bench(path: Path, compile_model: bool) -> None:
@@ -122,15 +126,68 @@ def test_no_results_gives_empty_tables(tmp_path):
     assert bench_table(missing).empty and table_timings(missing).empty and table_walls(missing).empty
 
 
-def test_report_index_shows_measured_speed(tmp_path):
+def test_only_the_latest_check_of_each_device_is_read(tmp_path):
+    results = _results(tmp_path)  # 2030-01-01-test
+    newer = results / "2030-02-01-test"
+    (newer / "table").mkdir(parents=True)
+    _bench(newer / "bench-default.json", True)
+    (results / "session-7-notes").mkdir()  # not a <date>-<device> folder
+    assert [p.name for p in latest_checks(results)] == ["2030-02-01-test"]
+    assert set(bench_table(results)["check"]) == {"2030-02-01-test"}
+    assert table_timings(results).empty  # the older check's timed table is not read
+    assert left_out(results) == [
+        "2030-01-01-test: an older check of test",
+        "session-7-notes: not a <date>-<device> folder (e.g. 2026-11-27-h200)"]
+    # Another device keeps its own latest check.
+    _finished_check(results, "== table: exit 0, 283 s wall (limit 420 s), MPS on")
+    assert [p.name for p in latest_checks(results)] == ["2030-01-02-done", "2030-02-01-test"]
+
+
+def test_a_variant_folder_is_read_beside_its_check(tmp_path):
+    results = tmp_path / "results"
+    check = _finished_check(results, "== table: exit 0, 283 s wall (limit 420 s), MPS on")
+    variant = check / "no-mps"
+    _run(variant / "table", 0, 90, finished=True)
+    _run(variant / "table", 4, 10, finished=False)
+    (variant / "gpu-check-table.log").write_text(
+        "== table: exit 124, 240 s wall (limit 240 s), MPS off (t=250 s)\n")
+    assert [name for name, _ in checks(results)] == ["2030-01-02-done", "2030-01-02-done/no-mps"]
+    walls = table_walls(results).set_index("check")
+    assert walls.loc["2030-01-02-done", ["MPS", "whole table"]].tolist() == ["on", "finished in 283 s"]
+    assert walls.loc["2030-01-02-done/no-mps", ["MPS", "rows finished", "whole table"]].tolist() == [
+        "off", "1/2", "stopped by the time limit"]
+    timings = table_timings(results)
+    assert timings["check"].value_counts().to_dict() == {"2030-01-02-done": 5,
+                                                         "2030-01-02-done/no-mps": 2}
+
+
+def test_committed_results_hold_one_latest_check_per_device_and_no_session_names():
+    results = REPO / DEFAULT_RESULTS
+    folders = [p for p in results.rglob("*") if p.is_dir()]
+    assert not [p for p in folders if "session" in p.name.lower()]
+    assert left_out(results) == []
+    assert [p.name for p in latest_checks(results)] == ["2026-11-27-h200"]
+    walls = table_walls(results).set_index("check")
+    assert walls.loc["2026-11-27-h200", "whole table"] == "finished in 283 s"
+    assert walls.loc["2026-11-27-h200/no-mps", "MPS"] == "off"
+
+
+def test_speed_has_its_own_page_linked_from_the_index(tmp_path):
     results = _results(tmp_path)
     build_report(tmp_path / "runs", tmp_path / "report", execute_notebooks=False, results_dir=results)
-    markdown = (tmp_path / "report" / "index.md").read_text()
-    html = (tmp_path / "report" / "site" / "index.html").read_text()
+    out = tmp_path / "report"
+    markdown, html = (out / "speed.md").read_text(), (out / "site" / "speed.html").read_text()
     for text in (markdown, html):
         assert "Measured speed" in text and "cuda (Test GPU)" in text and "42,667" in text
         assert "300 (projected" in text
-        assert "stopped by the time limit" in text and "The whole timed table" in text
+        assert "stopped by the time limit" in text and "The whole table" in text
+    index_md, index_html = (out / "index.md").read_text(), (out / "site" / "index.html").read_text()
+    assert "[Speed page](speed.md)" in index_md and 'href="speed.html"' in index_html
+    for text in (index_md, index_html):
+        assert "42,667" not in text and "cuda (Test GPU)" not in text  # no benchmark rows there
+    # Every page's navigation links the Speed page.
+    assert '<a href="speed.html">Speed</a>' in (out / "site" / "cifar10-paper.html").read_text()
     build_report(tmp_path / "runs", tmp_path / "report2", execute_notebooks=False,
                  results_dir=tmp_path / "none")
-    assert "No speed measurements" in (tmp_path / "report2" / "index.md").read_text()
+    assert "No speed measurements" in (tmp_path / "report2" / "speed.md").read_text()
+    assert "there are none yet" in (tmp_path / "report2" / "index.md").read_text()

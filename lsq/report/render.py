@@ -109,7 +109,7 @@ def build_report(runs_dir: str | Path = "runs", out_dir: str | Path = "report", 
                  execute_notebooks: bool = True,
                  results_dir: str | Path = speed.DEFAULT_RESULTS) -> Path:
     """Write ``out_dir/*.md`` and ``out_dir/site/`` from every run under ``runs_dir``, with the
-    measured speed (``results_dir``, see :mod:`lsq.report.speed`) on the index page.
+    measured speed (``results_dir``, see :mod:`lsq.report.speed`) on its own Speed page.
 
     Returns the path of ``out_dir/site/index.html``. Notebook failures do not stop the report:
     they are listed on the index page and in ``build_report.last_errors``.
@@ -518,9 +518,7 @@ def _write_pages(runs: Runs, pages: list[Page], out_dir: Path, site: Path,
         shas=_distinct(summaries["git_sha"]), torch_versions=_distinct(summaries["torch_version"]),
         devices=_distinct(summaries["device"]), wall_text=_wall_text(summaries),
         problems=runs.problems + skipped, errors=errors,
-        speed_bench=speed.bench_table(results_dir), speed_tables=speed.table_timings(results_dir),
-        speed_walls=speed.table_walls(results_dir),
-        results_dir=str(results_dir),
+        speed_checks=[folder.name for folder in speed.latest_checks(results_dir)],
         any_synthetic=any(p.synthetic for p in pages),
         no_runs=summaries.empty and runs.in_progress.empty,
         published_notes=[(t.description, tables.implied_baseline_note(name))
@@ -528,6 +526,14 @@ def _write_pages(runs: Runs, pages: list[Page], out_dir: Path, site: Path,
     )
     _write(site / "index.html", html.get_template("index.html.j2").render(index))
     _write(out_dir / "index.md", md.get_template("index.md.j2").render(index, site="site/"))
+    measured = dict(
+        common, speed_bench=speed.bench_table(results_dir),
+        speed_tables=speed.table_timings(results_dir), speed_walls=speed.table_walls(results_dir),
+        speed_checks=[name for name, _ in speed.checks(results_dir)],
+        speed_left_out=speed.left_out(results_dir), results_dir=str(results_dir),
+    )
+    _write(site / "speed.html", html.get_template("speed.html.j2").render(measured))
+    _write(out_dir / "speed.md", md.get_template("speed.md.j2").render(measured, site="site/"))
     for page in pages:
         context = dict(common, page=page)
         _write(site / f"{page.slug}.html", html.get_template("dataset.html.j2").render(context))

@@ -1,10 +1,13 @@
-"""Measured speed for the report: ``benchmarks/results/<check>/`` as tables.
+"""Measured speed for the report's Speed page: ``benchmarks/results/<date>-<device>/`` as tables.
 
-A check folder (one lent GPU session, see ``benchmarks/gpu-check.sh``) holds the JSON written by
-``python -m lsq bench train --json`` (``bench-*.json``) and, under ``table/``, the run directories
-of a timed paper-profile table. Nothing here is typed in by hand: every number is read from those
-files, so the report shows what was measured, on which card, with which torch, and how much of
-the table finished.
+A check folder, ``<date>-<device>`` (e.g. ``2026-11-27-h200``; see ``benchmarks/gpu-check.sh``),
+holds the JSON written by ``python -m lsq bench train --json`` (``bench-*.json``), the script's
+logs (``gpu-check*.log``) and, under ``table/``, the run directories of a timed paper-profile
+table. A sub-folder that holds a check of its own (``bench-*.json`` or ``table/``) is a variant of
+it, the same check with one thing changed (e.g. ``no-mps/``); its README says what. Only the
+newest check of each device is read: a device's speed is what its latest check measured.
+Nothing here is typed in by hand: every number is read from those files, so the report shows
+what was measured, on which card, with which torch, and how much of the table finished.
 """
 
 from __future__ import annotations
@@ -39,16 +42,68 @@ def _mode(amp, channels_last, compile_model, cuda_graphs) -> str:
     return ", ".join(parts)
 
 
+_CHECK_NAME = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})-(?P<device>[a-z0-9][a-z0-9.-]*)$")
+
+
+def _dated_folders(results_dir: str | Path) -> list[tuple[str, str, Path]]:
+    """(device, date, folder) of every ``<date>-<device>`` folder under ``results_dir``."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        match = _CHECK_NAME.match(folder.name)
+        if match:
+            found.append((match["device"], match["date"], folder))
+    return found
+
+
+def latest_checks(results_dir: str | Path = DEFAULT_RESULTS) -> list[Path]:
+    """The newest ``<date>-<device>`` folder of each device, in name order."""
+    newest: dict[str, tuple[str, Path]] = {}
+    for device, date, folder in _dated_folders(results_dir):
+        if device not in newest or date > newest[device][0]:
+            newest[device] = (date, folder)
+    return sorted(folder for _, folder in newest.values())
+
+
+def checks(results_dir: str | Path = DEFAULT_RESULTS) -> list[tuple[str, Path]]:
+    """(name, folder) of every check the Speed page shows: each device's latest check, then its
+    variants (named ``<check>/<variant>``)."""
+    shown = []
+    for folder in latest_checks(results_dir):
+        shown.append((folder.name, folder))
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name != "table"):
+            if (sub / "table").is_dir() or any(sub.glob("bench-*.json")):
+                shown.append((f"{folder.name}/{sub.name}", sub))
+    return shown
+
+
+def left_out(results_dir: str | Path = DEFAULT_RESULTS) -> list[str]:
+    """Folders under ``results_dir`` that the Speed page does not read, each with why."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        return []
+    latest = set(latest_checks(root))
+    notes = [f"{folder.name}: an older check of {device}" for device, _, folder
+             in _dated_folders(root) if folder not in latest]
+    notes += [f"{folder.name}: not a <date>-<device> folder (e.g. 2026-11-27-h200)"
+              for folder in sorted(p for p in root.iterdir() if p.is_dir())
+              if not _CHECK_NAME.match(folder.name)]
+    return notes
+
+
 def bench_table(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
-    """One line per row of every ``bench-*.json`` under ``results_dir/*/``."""
+    """One line per row of every ``bench-*.json`` of the checks shown (``checks``)."""
     lines = []
-    for path in sorted(Path(results_dir).glob("*/bench-*.json")):
+    files = [(name, path) for name, folder in checks(results_dir)
+             for path in sorted(folder.glob("bench-*.json"))]
+    for name, path in files:
         bench = json.loads(path.read_text())
         for row in bench["rows"]:
             ratio = row.get("ratio_to_float")
             lines.append([
-                path.parent.name, bench["device"], bench["torch"], bench["dataset"],
-                bench["batch_size"],
+                name, bench["device"], bench["torch"], bench["dataset"], bench["batch_size"],
                 _mode(bench["amp"], bench["channels_last"], bench["compile"], bench["cuda_graphs"]),
                 row["row"],
                 f"{row['seconds_per_step'] * 1e3:.2f}", f"{row['images_per_second']:,.0f}",
@@ -58,9 +113,10 @@ def bench_table(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
     return pd.DataFrame(lines, columns=BENCH_COLUMNS)
 
 
-def _timed_tables(results_dir: str | Path) -> list[Path]:
-    """The ``table/`` folder of every check that timed a table."""
-    return sorted(p for p in Path(results_dir).glob("*/table") if p.is_dir())
+def _timed_tables(results_dir: str | Path) -> list[tuple[str, Path]]:
+    """(check name, ``table/`` folder) of every check shown that timed a table."""
+    return [(name, folder / "table") for name, folder in checks(results_dir)
+            if (folder / "table").is_dir()]
 
 
 def _table_runs(table_dir: Path) -> list[Path]:
@@ -69,12 +125,12 @@ def _table_runs(table_dir: Path) -> list[Path]:
 
 
 def table_timings(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
-    """One line per run of every timed table under ``results_dir/*/table/``: epochs done, the
+    """One line per run of every timed table of the checks shown: epochs done, the
     median epoch time (training + evaluation), the process's start-up before its first step, and
     the wall time of a finished run or, for a run the time limit stopped, its start-up and
     epochs so far plus the rest at the median epoch time (labelled "projected")."""
     lines = []
-    for check in _timed_tables(results_dir):
+    for name, check in _timed_tables(results_dir):
         device, torch_version = _check_machine(check)
         for run in _table_runs(check):
             config_path = run / "config.yaml"
@@ -98,7 +154,7 @@ def table_timings(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
             else:
                 total = "—"
             lines.append([
-                check.parent.name, (summary or {}).get("device", device),
+                name, (summary or {}).get("device", device),
                 (summary or {}).get("torch_version", torch_version), _data_kind(run, summary),
                 # A finished run says what its "auto" settings resolved to.
                 _mode(config["amp"], config["channels_last"],
@@ -111,18 +167,19 @@ def table_timings(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
     return pd.DataFrame(lines, columns=TABLE_COLUMNS)
 
 
-# The line benchmarks/gpu-check.sh logs once `make -j5 synthetic` returns (MPS from session 4 on).
+# The line benchmarks/gpu-check.sh logs once `make -j5 synthetic` returns (older logs say
+# nothing of MPS).
 _TABLE_LINE = re.compile(r"^== table: exit (\d+), (\d+) s wall \(limit (\d+) s\)(?:, MPS (\w+))?",
                          re.MULTILINE)
 
 
 def table_walls(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
-    """One line per timed table: the wall time of the command that trained it (``make -j5``
-    since session 4; from its start to its exit), as ``benchmarks/gpu-check.sh`` logged it
-    (``gpu-check*.log``), and whether every row finished inside the time limit. A check whose log
-    holds no such line (the table did not run) has no line."""
+    """One line per timed table: the wall time of the command that trained it (from its start
+    to its exit), as ``benchmarks/gpu-check.sh`` logged it (``gpu-check*.log`` beside
+    ``table/``), and whether every row finished inside the time limit. A check whose log holds
+    no such line (the table did not run) has no line."""
     lines = []
-    for check in _timed_tables(results_dir):
+    for name, check in _timed_tables(results_dir):
         found = [m for log in sorted(check.parent.glob("gpu-check*.log"))
                  for m in _TABLE_LINE.finditer(log.read_text(errors="replace"))]
         if not found:
@@ -139,7 +196,7 @@ def table_walls(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
             verdict = f"incomplete: {finished} of {len(runs)} rows finished"
         else:
             verdict = f"failed (exit {status})"
-        lines.append([check.parent.name, *_check_machine(check), mps or "not recorded",
+        lines.append([name, *_check_machine(check), mps or "not recorded",
                       f"{finished}/{len(runs)}", wall, limit, verdict])
     return pd.DataFrame(lines, columns=WALL_COLUMNS)
 
