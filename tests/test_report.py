@@ -45,7 +45,7 @@ def test_summaries_hold_finished_runs_only(runs):
                             ("imagenet", "quick"), ("synthetic", "smoke")]
 
 
-def test_profiles_are_ordered_by_lsq_config_profiles_only(tmp_path, monkeypatch):
+def test_profiles_are_ordered_by_the_one_profiles_list(tmp_path, monkeypatch):
     root = write_full_runs(write_fake_runs(tmp_path, ("fashion-mnist",)))
     with pytest.warns(RunWarning):  # the fabricated corrupt line
         loaded = load_runs(root)
@@ -402,6 +402,20 @@ def test_ablation_inconclusive_gives_the_seeds_to_settle(tmp_path):
     assert line["seeds_needed"] == n == 4
     sentence = next(s for s in analysis.verdicts(table) if s.startswith("step lr on row 1"))
     assert "inconclusive; 4 seeds would settle it at this mean and spread" in sentence
+
+
+def test_the_full_profile_ablates_the_rows_it_plans(tmp_path):
+    root = write_full_runs(tmp_path)
+    for seed in (0, 1):
+        write_run(root, "fashion-mnist", "full", "row3-init-x4", seed, 88.0)
+    selected = load_runs(root).select("fashion-mnist", "full")
+    assert analysis.ablated_rows(selected.summaries) == [3]  # lsq.experiments.ablation_rows
+    table = analysis.ablation_table(selected.summaries, selected.in_progress, "step_init")
+    assert set(table["row"]) == {3}
+    with pytest.warns(RunWarning):  # the fabricated corrupt line
+        loaded = load_runs(write_fake_runs(tmp_path / "quick", ("fashion-mnist",)))
+    quick = page(loaded, "fashion-mnist", "quick")
+    assert analysis.ablated_rows(quick.summaries) == [1, 3]
 
 
 def test_has_ablations(runs):

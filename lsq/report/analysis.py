@@ -16,7 +16,7 @@ import math
 import pandas as pd
 
 from lsq.experiments import (ABLATION_BASELINE_VALUES, ABLATION_ROWS, ABLATION_THRESHOLD,
-                             ABLATIONS, WITHIN)
+                             ABLATIONS, WITHIN, ablation_rows)
 from lsq.report import stats
 from lsq.report.tables import NOT_RUN, Estimate, estimate
 
@@ -44,9 +44,12 @@ def settings(factor: str) -> list[tuple[str, str]]:
 
 
 def ablated_rows(summaries: pd.DataFrame) -> list[int]:
-    """ABLATION_ROWS plus any other row that has ablation runs."""
+    """The rows the runs' profile ablates (``lsq.experiments.ablation_rows``) plus any other row
+    that has ablation runs."""
+    profiles = set(summaries["profile"].dropna()) if len(summaries) else set()
+    planned = ablation_rows(profiles.pop()) if len(profiles) == 1 else ABLATION_ROWS
     extra = set(summaries.loc[summaries["ablation"] != "", "row"]) if len(summaries) else set()
-    return sorted(set(ABLATION_ROWS) | {int(r) for r in extra})
+    return sorted(set(planned) | {int(r) for r in extra})
 
 
 def has_ablations(summaries: pd.DataFrame, in_progress: pd.DataFrame) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from lsq.config import PROFILES
+from lsq.experiments import PROFILES
 
 KEYS = ["dataset", "profile", "row", "ablation", "seed"]
 
@@ -71,7 +71,7 @@ class Runs:
 
     def pages(self) -> list[tuple[str, str]]:
         """The (dataset, profile) pairs that have any run, finished or not: datasets with real
-        measurements first, each dataset's profiles longest first (``lsq.config.PROFILES``).
+        measurements first, each dataset's profiles longest first (``lsq.experiments.PROFILES``).
         A profile that ``PROFILES`` does not name comes after the known ones, by name."""
         frames = [self.summaries[["dataset", "profile"]], self.in_progress[["dataset", "profile"]]]
         pairs = pd.concat(frames).drop_duplicates()
@@ -96,7 +96,7 @@ class Runs:
 
 
 def profile_rank(profile: str) -> int:
-    """Position in ``lsq.config.PROFILES`` (longest budget first); unknown profiles last."""
+    """Position in ``lsq.experiments.PROFILES`` (longest budget first); unknown profiles last."""
     return PROFILES.index(profile) if profile in PROFILES else len(PROFILES)
 
 

@@ -555,7 +555,7 @@ def lead_page(pages: list[Page]) -> Page | None:
     """The page the index opens with: the strongest real evidence the runs hold.
 
     Among pages of real data with at least one finished table run, the longest profile
-    (``lsq.config.PROFILES``) wins; on a tie, a dataset with a published table before one that
+    (``lsq.experiments.PROFILES``) wins; on a tie, a dataset with a published table before one that
     stands in for it; then the page order. None when no real run has finished.
     """
     candidates = [page for page in pages if not page.synthetic
