@@ -33,7 +33,7 @@ imagenet_PROFILE      := paper
 fashion-mnist_PROFILE := quick
 synthetic_PROFILE     := smoke
 
-# make -jN runs N trainings at once: each takes 1/N of the CPU cores (lsq.train.share_cpu_threads).
+# make -jN runs N trainings at once: each takes 1/N of the CPU cores (lsq.engine.host.share_cpu_threads).
 TRAIN = LSQ_PARALLEL_RUNS=$(patsubst -j%,%,$(filter -j%,$(MAKEFLAGS))) \
         $(PY) -m lsq train --device $(DEVICE) --runs-dir $(RUNS) --no-progress \
         $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(TRAIN_ARGS)

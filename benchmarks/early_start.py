@@ -6,7 +6,7 @@ Trains the synthetic float baseline once, then times the row's ``fit`` (from the
 summary) three ways, each in a fresh process with its own compile cache:
 
 - ``cold``: an empty cache, as a row started after row 0 on a new machine;
-- ``disk cache``: the cache filled first by ``lsq train --warm-compile-cache`` in another process;
+- ``disk cache``: the cache filled first by ``warm_compile_cache`` in another process;
   the run traces again and loads its graphs from disk;
 - ``kept``: ``warm_and_keep_compiled`` then ``fit`` in one process, what ``lsq train
   --wait-for-baseline`` does; only the ``fit`` is timed.

@@ -66,9 +66,8 @@ from torch.nn import functional as F
 
 from lsq.config import DataConfig
 from lsq.errors import ConfigError, DataError, DatasetNotFoundError
-from lsq.experiments import TABLES
+from lsq.experiments import DATASETS, TABLES
 
-DATASETS = ("cifar10", "fashion-mnist", "imagenet", "synthetic")
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)

@@ -80,7 +80,7 @@ CORRUPT_RUN = "fashion-mnist/quick/row1/seed0"
 
 
 def quantizer_names(row: int) -> list[str]:
-    """ResNet-20 quantizer names as lsq.convert would create them for a table row."""
+    """ResNet-20 quantizer names as lsq.quant.convert would create them for a table row."""
     quan_lr, activations = row in (2, 4), row in (3, 4)
     names = ["conv1.weight_quantizer"] if quan_lr else []
     for stage in (1, 2, 3):

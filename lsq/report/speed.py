@@ -32,7 +32,7 @@ TABLE_COLUMNS = ["check", "device", "torch", "data", "mode", "row", "start-up s"
 
 def _mode(amp, channels_last, compile_model, cuda_graphs) -> str:
     """``compile_model`` / ``cuda_graphs`` of ``None`` are a run config's "auto" (see
-    ``lsq.train.resolve_fast_path``), shown as such rather than guessed."""
+    ``lsq.engine.fastpath.resolve_fast_path``), shown as such rather than guessed."""
     def switch(value, on, off):
         return f"{on}: auto" if value is None else (on if value else off)
 
