@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from lsq import runs as run_format
 from lsq.experiments import PROFILES
 
 KEYS = ["dataset", "profile", "row", "ablation", "seed"]
@@ -40,8 +40,6 @@ IN_PROGRESS_COLUMNS = [*KEYS, "epochs_done", "epochs_planned", "path"]
 STEP_SIZE_COLUMNS = [*KEYS, "epoch", "layer", "mean", "min", "max"]
 LAYER_SPARSITY_COLUMNS = [*KEYS, "epoch", "layer", "sparsity"]
 
-_RUN_NAME = re.compile(r"^row(?P<row>\d+)(?:-(?P<ablation>.+))?$")
-_SEED_NAME = re.compile(r"^seed(?P<seed>\d+)$")
 
 
 class RunWarning(UserWarning):
@@ -115,19 +113,17 @@ def load_runs(runs_dir: str | Path) -> Runs:
     root = Path(runs_dir)
     problems: list[str] = []
     summaries, epochs, steps, sparsity, in_progress = [], [], [], [], []
-    for run_dir in _run_dirs(root):
-        key = _identity(root, run_dir)
-        if key is None:
-            continue
+    for run_id, run_dir in run_format.discover(root):
+        key = run_id.as_dict()
         # Problems name files relative to the runs directory, as the report shows them.
         label = run_dir.relative_to(root).as_posix()
-        metrics = _read_metrics(run_dir / "metrics.jsonl", problems, f"{label}/metrics.jsonl")
-        summary = _read_summary(run_dir / "summary.json", key, problems, f"{label}/summary.json")
+        metrics = _read_metrics(run_dir / run_format.METRICS, problems, f"{label}/{run_format.METRICS}")
+        summary = _read_summary(run_dir / run_format.SUMMARY, key, problems, f"{label}/{run_format.SUMMARY}")
         if summary is None:
             in_progress.append({
                 **key,
                 "epochs_done": int(metrics["epoch"].max()) if len(metrics) else 0,
-                "epochs_planned": _planned_epochs(run_dir / "config.yaml"),
+                "epochs_planned": _planned_epochs(run_dir / run_format.CONFIG),
                 "path": run_dir.relative_to(root).as_posix(),
             })
             continue
@@ -146,29 +142,6 @@ def load_runs(runs_dir: str | Path) -> Runs:
         _frame(in_progress, IN_PROGRESS_COLUMNS, records=True),
         problems,
     )
-
-
-# --- discovery -------------------------------------------------------------------------------
-
-
-def _run_dirs(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("*/*/*/seed*") if p.is_dir())
-
-
-def _identity(root: Path, run_dir: Path) -> dict | None:
-    dataset, profile, run_name, seed_name = run_dir.relative_to(root).parts
-    run_match, seed_match = _RUN_NAME.match(run_name), _SEED_NAME.match(seed_name)
-    if not run_match or not seed_match:
-        return None  # not a run directory of the format (e.g. a stray folder); not a problem
-    return {
-        "dataset": dataset,
-        "profile": profile,
-        "row": int(run_match["row"]),
-        "ablation": run_match["ablation"] or "",
-        "seed": int(seed_match["seed"]),
-    }
 
 
 # --- reading, tolerant of partial files --------------------------------------------------------

@@ -20,6 +20,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from lsq import runs as run_format
+
 DEFAULT_RESULTS = Path("benchmarks/results")
 
 BENCH_COLUMNS = ["check", "device", "torch", "dataset", "batch", "mode", "row", "ms/step", "img/s",
@@ -121,7 +123,7 @@ def _timed_tables(results_dir: str | Path) -> list[tuple[str, Path]]:
 
 def _table_runs(table_dir: Path) -> list[Path]:
     """The run directories of a timed table (those that wrote their config)."""
-    return [config.parent for config in sorted(table_dir.glob("*/*/row*/seed*/config.yaml"))]
+    return [path for _, path in run_format.discover(table_dir) if (path / run_format.CONFIG).exists()]
 
 
 def table_timings(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
@@ -133,11 +135,11 @@ def table_timings(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
     for name, check in _timed_tables(results_dir):
         device, torch_version = _check_machine(check)
         for run in _table_runs(check):
-            config_path = run / "config.yaml"
-            records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
-                       if line.strip()] if (run / "metrics.jsonl").exists() else []
+            config_path = run / run_format.CONFIG
+            records = [json.loads(line) for line in (run / run_format.METRICS).read_text().splitlines()
+                       if line.strip()] if (run / run_format.METRICS).exists() else []
             trained = [r for r in records if r["epoch"] > 0]
-            summary_path = run / "summary.json"
+            summary_path = run / run_format.SUMMARY
             summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
             config = yaml.safe_load(config_path.read_text())
             epochs = int(config["optim"]["epochs"])
@@ -186,7 +188,7 @@ def table_walls(results_dir: str | Path = DEFAULT_RESULTS) -> pd.DataFrame:
             continue
         exit_status, wall, limit, mps = found[-1].groups()
         runs = _table_runs(check)
-        finished = sum((run / "summary.json").exists() for run in runs)
+        finished = sum(run_format.is_done(run) for run in runs)
         status = int(exit_status)
         if status == 0 and runs and finished == len(runs):
             verdict = f"finished in {wall} s"
@@ -205,8 +207,8 @@ def _check_machine(table_dir: Path) -> tuple[str, str]:
     """(device, torch) of a check: one machine ran all of it, so any finished run or bench
     file of the folder names it for the runs that did not finish."""
     for run in _table_runs(table_dir):
-        if (run / "summary.json").exists():
-            summary = json.loads((run / "summary.json").read_text())
+        summary = run_format.read_summary(run)
+        if summary is not None:
             return summary["device"], summary["torch_version"]
     for bench_path in sorted(table_dir.parent.glob("bench-*.json")):
         bench = json.loads(bench_path.read_text())
