@@ -104,13 +104,17 @@ endef
 
 # The lists live in lsq/experiments.py alone; `python -m lsq list` needs only the standard library,
 # so these work before .venv/ exists.
-lsq_list  = $(shell $(PYTHON_BOOT) -m lsq list $(1))
+ROOT      := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
+lsq_list  = $(shell PYTHONPATH="$(ROOT)" $(PYTHON_BOOT) -m lsq list $(1) 2>/dev/null)
 DATASETS  := $(call lsq_list,datasets)
 ROWS      := $(call lsq_list,rows)
 ABLATIONS := $(call lsq_list,ablations)
 ABLATION_ROWS := $(call lsq_list,ablation-rows --profile $(call profile_of,fashion-mnist))
+# Without the lists no run has a rule: say so for the goals that train, rather than do nothing.
+ifneq ($(filter cifar10 imagenet fashion-mnist synthetic ablations smoke reproduce reproduce-full,$(MAKECMDGOALS)),)
 ifeq ($(strip $(DATASETS)),)
-$(error `$(PYTHON_BOOT) -m lsq list datasets` printed nothing: run make from the repository root with Python 3.11+)
+$(error `$(PYTHON_BOOT) -m lsq list datasets` printed nothing; make needs Python 3.11+ as PYTHON_BOOT and lsq/ beside this Makefile)
+endif
 endif
 table_targets = $(foreach s,$(SEEDS),$(foreach r,$(ROWS),$(RUNS)/$(1)/$(call profile_of,$(1))/row$(r)/seed$(s)/summary.json))
 

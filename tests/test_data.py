@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from lsq import data as lsq_data
 from lsq.config import DataConfig
+from lsq.errors import DatasetNotFoundError
 from lsq.data import (
-    CIFAR10_MEAN, CIFAR10_STD, DataBundle, DatasetNotFoundError, TensorLoader, build_data,
+    CIFAR10_MEAN, CIFAR10_STD, DataBundle, TensorLoader, build_data,
     default_data_dir, read_idx, shard_epoch, shard_test, synthetic_split, synthetic_templates,
 )
 
@@ -287,7 +288,7 @@ def test_default_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("LSQ_DATA_DIR", str(tmp_path / "store"))
     assert default_data_dir("imagenet") == tmp_path / "store" / "imagenet"
     # Fashion-MNIST prefers the default when it holds the files, else the Debian package.
-    monkeypatch.setattr(lsq_data, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    monkeypatch.setattr(lsq_data.readers, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
     write_fashion_mnist(tmp_path / "debian")
     assert default_data_dir("fashion-mnist") == tmp_path / "debian"
     write_fashion_mnist(tmp_path / "store" / "fashion-mnist" / "FashionMNIST" / "raw")
