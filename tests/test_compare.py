@@ -15,7 +15,7 @@ from lsq.__main__ import main
 from lsq.compare import compare_trees, cpu_kind
 from lsq.config import make_config
 
-from test_train import REPO, lsq_cli
+from cli_helpers import REPO, lsq_cli
 
 RUN = Path("row1") / "seed0"
 XEON = "cpu (Intel(R) Xeon(R) Processor, 1 threads)"

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lsq.quant.convert import quantize_model, quantizers, step_size_parameters
+from lsq.quant.convert import quantize_model, quantizers, relus_feeding_one_conv, step_size_parameters
 from lsq.quant.layers import QConv2d, QLinear
 from lsq.models import MODELS, build_model
 from lsq.quant.quantizer import TERNARY, UNSIGNED_2BIT, LsqQuantizer
@@ -281,7 +281,9 @@ def test_resnet18_weights_and_path_exclusive(tmp_path):
 
 def test_inner_relus_absorbed_only_with_unsigned_activations(resnet20):
     row4 = quantize_model(copy.deepcopy(resnet20), **SETTINGS["row4"])
-    inner = resnet20.relus_feeding_one_conv()
+    inner = relus_feeding_one_conv(resnet20)
+    # Each block's inner ReLU; the output ReLU (F.relu) also feeds the next shortcut.
+    assert inner == {f"layer{s}.{b}.relu1": f"layer{s}.{b}.conv2" for s in (1, 2, 3) for b in range(3)}
     assert len(inner) == 9  # one per basic block
     for relu_name, conv_name in inner.items():
         assert isinstance(row4.get_submodule(relu_name), nn.Identity), relu_name
@@ -313,3 +315,25 @@ def test_absorbed_relus_give_the_same_values_and_gradients(resnet20):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12, msg=name)
     absorbed.eval(), kept.eval()
     torch.testing.assert_close(absorbed(x), kept(x), rtol=1e-12, atol=1e-12)
+
+
+def test_only_a_relu_called_once_and_read_by_one_conv_alone_is_absorbed():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2, self.conv3 = (nn.Conv2d(4, 4, 3, padding=1) for _ in range(3))
+            self.fed, self.shared, self.summed = nn.ReLU(), nn.ReLU(), nn.ReLU()
+
+        def forward(self, x):
+            x = self.conv2(self.fed(self.conv1(x)))  # absorbable
+            y = self.shared(x) + self.shared(-x)  # one module called twice
+            z = self.summed(y)
+            return self.conv3(z) + z  # read by the conv and the sum
+
+    assert relus_feeding_one_conv(Net()) == {"fed": "conv2"}
+
+    class Untraceable(Net):
+        def forward(self, x):
+            return self.conv2(self.fed(self.conv1(x))) if x.sum() > 0 else x
+
+    assert relus_feeding_one_conv(Untraceable()) == {}

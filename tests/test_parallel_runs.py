@@ -24,9 +24,8 @@ from lsq.engine.host import share_cpu_threads
 from lsq.engine.launch import warm_compile_cache
 from lsq.engine.run import fit
 
-from test_train import lsq_cli
+from cli_helpers import REPO, lsq_cli
 
-REPO = Path(__file__).resolve().parent.parent
 SMALL = ("data.train_subset=64", "data.test_subset=32", "optim.batch_size=32", "optim.epochs=1")
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,23 +17,10 @@ from lsq.config import ConfigError, RunConfig, make_config
 from lsq.quant.kernels import cxx_compiler_available
 from lsq.engine.recipe import lr_factor
 
-REPO = Path(__file__).resolve().parent.parent
+from cli_helpers import lsq_cli
+
 TIMING_KEYS = runfmt.TIMING_KEYS
 SUMMARY_VOLATILE = {"wall_seconds", "started_at", "finished_at", "hostname", "git_sha"}
-
-
-def lsq_cli(*args, runs_dir: Path, env: dict | None = None, check: bool = True, **popen):
-    command = [sys.executable, "-m", "lsq", *args, "--runs-dir", str(runs_dir), "--no-progress"]
-    # A value of None removes the variable (e.g. the suite's OMP_NUM_THREADS).
-    full_env = {k: v for k, v in {**os.environ, "LSQ_COMPILE": "0", **(env or {})}.items()
-                if v is not None}
-    if popen.pop("background", False):
-        return subprocess.Popen(command, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-    result = subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{command} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 SMALL = ["--dataset", "synthetic", "--profile", "smoke", "--set", "data.train_subset=128",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from data_fixtures import write_cifar10, write_fashion_mnist, write_image_folder
-from test_train import lsq_cli
+from cli_helpers import lsq_cli
 
 from lsq import runs as runfmt
 

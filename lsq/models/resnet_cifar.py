@@ -34,7 +34,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        # A module (not F.relu) so that an unsigned input quantizer on conv2 can absorb it.
+        # A module (not F.relu): quantize_model can then let conv2's unsigned input quantizer absorb it.
         self.relu1 = nn.ReLU()
         if stride != 1 or in_planes != planes:
             self.shortcut = _PadShortcut(planes - in_planes, stride)
@@ -49,13 +49,6 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     first_last_layers = ("conv1", "fc")
-
-    def relus_feeding_one_conv(self) -> dict[str, str]:
-        """``{relu module: the conv that alone reads its output}``: each block's inner ReLU
-        (the block's output ReLU also feeds the shortcut). ``lsq.quant.convert.quantize_model`` lets
-        an unsigned input quantizer absorb these."""
-        return {f"{name}.relu1": f"{name}.conv2"
-                for name, module in self.named_modules() if isinstance(module, BasicBlock)}
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3):
         super().__init__()

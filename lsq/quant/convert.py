@@ -13,11 +13,11 @@ Placement (the seed table's ``quan_lr`` column is ``quantize_first_last``):
 The first and last layer are chosen by module name (``model.first_last_layers``, set by the model
 registry, or the ``first_last_names`` argument), never by shape.
 
-With unsigned activation levels (``q_min = 0``) a ReLU whose output only one quantized conv reads
-(``model.relus_feeding_one_conv()``: ResNet-20's inner block ReLUs) is replaced by
-``nn.Identity`` and that conv's input quantizer absorbs it (``absorbs_relu``): the clip at 0 is
-the ReLU, so the values and gradients are the same and one pass over the tensor is saved, forward
-and backward. ``absorb_relus=False`` keeps the ReLU modules.
+With unsigned activation levels (``q_min = 0``) a ReLU module whose output only one quantized conv
+reads (found by tracing the model with ``torch.fx``: ResNet-20's inner block ReLUs) is replaced
+by ``nn.Identity`` and that conv's input quantizer absorbs it (``absorbs_relu``): the clip at 0
+is the ReLU, so the values and gradients are the same and one pass over the tensor is saved,
+forward and backward. ``absorb_relus=False`` keeps the ReLU modules.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def quantize_model(
             input_quantizer=input_quantizer() if quantize_input else None,
         )
     if absorb_relus and act_levels is not None and act_levels[0] == 0:
-        feeds = getattr(model, "relus_feeding_one_conv", dict)()
+        feeds = relus_feeding_one_conv(model)
         for relu_name, conv_name in feeds.items():
             conv = replacements.get(conv_name)
             if conv is not None and conv.input_quantizer is not None:
@@ -103,6 +103,32 @@ def quantize_model(
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, replacement)
     return model
+
+
+def relus_feeding_one_conv(model: nn.Module) -> dict[str, str]:
+    """``{ReLU module: the Conv2d that alone reads its output}`` in ``model``'s traced graph. A
+    ReLU module called more than once, or whose output anything else reads (a residual sum),
+    is left out; so is every ReLU of a model ``torch.fx`` cannot trace."""
+    from torch import fx
+
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - absorbing ReLUs is a speed-up, never part of the result
+        return {}
+    modules = dict(model.named_modules())
+    calls: dict[str, list[fx.Node]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(node.target, []).append(node)
+    feeds = {}
+    for name, nodes in calls.items():
+        if not isinstance(modules.get(name), nn.ReLU) or len(nodes) != 1:
+            continue
+        users = list(nodes[0].users)
+        if (len(users) == 1 and users[0].op == "call_module"
+                and isinstance(modules.get(users[0].target), nn.Conv2d)):
+            feeds[name] = users[0].target
+    return feeds
 
 
 def quantizers(model: nn.Module):
