@@ -6,8 +6,6 @@ import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-
 from typing import TYPE_CHECKING
 
 
