@@ -1,7 +1,11 @@
 # LSQ reproducibility report: `make help` lists every target and variable.
 SHELL := bash
 .DEFAULT_GOAL := help
-.DELETE_ON_ERROR:
+# No .DELETE_ON_ERROR: every recipe writes its target last and atomically (lsq train's
+# summary.json, setup's stamp), so a failed recipe leaves no half-written target to delete, and a
+# recipe that failed without writing its target (a run "being trained by another process") must
+# not delete the summary another make just finished. .PRECIOUS on the summaries, below, also
+# keeps them when a make is interrupted.
 .SUFFIXES:
 # Runs are independent: one that fails (missing data, NaN loss) must not stop the others, and
 # `make cifar10 imagenet report` still renders the report from what exists. The exit status
@@ -88,6 +92,7 @@ setup: $(STAMP) ## create .venv/ and install the project (torch, torchvision, pa
 define RUN_RULE
 $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(if $(call early,$(1),$(4)),,$(if $(filter-out 0,$(4)),$(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json))
 	$$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4) $(if $(call early,$(1),$(4)),--wait-for-baseline)
+SUMMARIES += $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json
 endef
 # With WARM, a quantized row starts beside its float baseline instead of after it: it warms its
 # compile and waits for row 0's summary.json inside the process (lsq train --wait-for-baseline),
@@ -100,6 +105,7 @@ early = $(and $(WARM),$(filter-out 0,$(2)),$(filter $(1) ablations,$(MAKECMDGOAL
 define ABLATION_RULE
 $(RUNS)/$(1)/$(2)/row$(4)-$(5)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json
 	$$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4) --ablation $(5)
+SUMMARIES += $(RUNS)/$(1)/$(2)/row$(4)-$(5)/seed$(3)/summary.json
 endef
 
 # The lists live in lsq/experiments.py alone; `python -m lsq list` needs only the standard library,
@@ -122,6 +128,10 @@ $(foreach d,$(DATASETS),$(foreach s,$(sort $(SEEDS) $(ABLATION_SEEDS)),$(foreach
   $(eval $(call RUN_RULE,$(d),$(call profile_of,$(d)),$(s),$(r))))))
 $(foreach s,$(ABLATION_SEEDS),$(foreach r,$(ABLATION_ROWS),$(foreach a,$(ABLATIONS),\
   $(eval $(call ABLATION_RULE,fashion-mnist,$(call profile_of,fashion-mnist),$(s),$(r),$(a))))))
+# make deletes a target whose mtime changed when it is interrupted (Ctrl-C, kill) mid-recipe; a
+# summary.json that another make (or lsq train) finished meanwhile is a finished run: keep it.
+# (A pattern in .PRECIOUS covers only implicit rules, hence the list.)
+.PRECIOUS: $(SUMMARIES)
 
 .PHONY: cifar10 imagenet fashion-mnist synthetic ablations $(addprefix check-,$(DATASETS))
 cifar10: $(call table_targets,cifar10) ## CIFAR-10 ResNet-20 table: rows 0-4 x SEEDS (needs data/cifar10)

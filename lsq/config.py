@@ -17,6 +17,8 @@ Every choice the paper does not publish lives here, in one place:
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -24,9 +26,45 @@ from pathlib import Path
 import yaml
 
 from lsq.errors import ConfigError  # noqa: F401 - part of this module's API
-from lsq.experiments import PROFILES, get_ablation, get_table
+from lsq.experiments import PROFILES, TABLES, get_ablation, get_table
 from lsq.levels import Levels, format_levels, parse_levels
 from lsq.runs import RunId
+
+SCHEDULERS = ("cosine", "step", "constant")
+INIT_METHODS = ("lsq", "maxabs")
+# The models the tables train (lsq.models builds them; importing it here would load torch).
+MODELS = tuple(sorted({table.model for table in TABLES.values()}))
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64 bits; one to spare for the sign
+
+# --- validation: every dataclass checks its values when it is built (make_config, from_yaml,
+# with_overrides and replace all construct one), so a bad value fails before anything is written.
+
+# The lsq train flags that set a key: the message names what the user typed.
+_FLAGS = {"optim.epochs": "--epochs", "optim.batch_size": "--batch-size", "optim.lr": "--lr",
+          "data.workers": "--workers", "seed": "--seed", "device": "--device"}
+
+
+def _bad(key: str, allowed: str, value) -> ConfigError:
+    flag = f" ({_FLAGS[key]})" if key in _FLAGS else ""
+    return ConfigError(f"{key}{flag} must be {allowed}, got {value!r}")
+
+
+def _check_int(key: str, value, low: int, note: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _bad(key, f"an integer >= {low}{note}", value)
+
+
+def _check_number(key: str, value, allowed: str, ok) -> None:
+    """A finite int or float for which ``ok(value)`` holds; ``allowed`` says which in words."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not ok(value):
+        raise _bad(key, f"a finite number {allowed}", value)
+
+
+def _check_choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise _bad(key, f"one of {', '.join(map(str, choices))}", value)
 
 
 @dataclass(frozen=True)
@@ -36,6 +74,13 @@ class DataConfig:
     test_subset: int | None = None
     workers: int = 4  # ImageNet only: decoding worker processes
     download: bool = False  # torchvision download where the internet is reachable
+
+    def __post_init__(self):
+        for name in ("train_subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None:  # 0 must not read as "all": None says that
+                _check_int(f"data.{name}", value, 1, note=" (images), or null for the whole split")
+        _check_int("data.workers", self.workers, 0)
 
 
 @dataclass(frozen=True)
@@ -50,6 +95,19 @@ class OptimConfig:
     step_size_lr_factor: float = 1.0
     step_size_weight_decay: float = 0.0
 
+    def __post_init__(self):
+        # 0 epochs: evaluate only (ImageNet's pretrained row 0; a quantized row's calibration).
+        _check_int("optim.epochs", self.epochs, 0)
+        _check_int("optim.batch_size", self.batch_size, 1)
+        _check_int("optim.eval_batch_size", self.eval_batch_size, 1)
+        _check_number("optim.lr", self.lr, "> 0", lambda v: v > 0)
+        _check_number("optim.momentum", self.momentum, "in [0, 1)", lambda v: 0 <= v < 1)
+        _check_number("optim.weight_decay", self.weight_decay, ">= 0", lambda v: v >= 0)
+        _check_number("optim.step_size_weight_decay", self.step_size_weight_decay, ">= 0",
+                      lambda v: v >= 0)
+        _check_choice("optim.scheduler", self.scheduler, SCHEDULERS)
+        _check_number("optim.step_size_lr_factor", self.step_size_lr_factor, "> 0", lambda v: v > 0)
+
 
 @dataclass(frozen=True)
 class QuantConfig:
@@ -60,6 +118,15 @@ class QuantConfig:
     init_scale: float = 1.0
     init_method: str = "lsq"  # lsq | maxabs
     grad_scale: bool = True
+
+    def __post_init__(self):
+        for name in ("weight_levels", "act_levels"):
+            try:
+                parse_levels(getattr(self, name))
+            except ConfigError as error:
+                raise ConfigError(f"quant.{name}: {error}") from None
+        _check_number("quant.init_scale", self.init_scale, "> 0", lambda v: v > 0)
+        _check_choice("quant.init_method", self.init_method, INIT_METHODS)
 
     @property
     def weight_range(self) -> Levels | None:
@@ -91,6 +158,22 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+
+    def __post_init__(self):
+        table = get_table(self.dataset)  # unknown names raise, listing the known ones
+        _check_choice("profile", self.profile, PROFILES)
+        table.row(self.row)
+        # A negative seed would train into seed-1/, a folder the run format does not know.
+        _check_int("seed", self.seed, 0)
+        if self.seed > MAX_SEED:
+            raise _bad("seed", "below 2**63 (torch seeds are 64-bit)", self.seed)
+        if self.ablation:
+            get_ablation(self.ablation)  # unknown names raise, listing the known ones
+            if table.row(self.row).is_float:
+                raise ConfigError("ablations apply to quantized rows (1-4), not the float row 0")
+        _check_choice("model", self.model, MODELS)
+        if not isinstance(self.device, str) or not DEVICE.fullmatch(self.device):
+            raise _bad("device", "auto, cpu, cuda or cuda:N", self.device)
 
     @property
     def run_name(self) -> str:
@@ -132,7 +215,10 @@ class RunConfig:
                 raise ConfigError(f"{path} is not valid YAML: {error}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} does not hold a YAML mapping")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
 
     def with_overrides(self, *overrides: str) -> "RunConfig":
         """Apply ``"optim.lr=0.02"``-style overrides; unknown keys and bad values raise."""
@@ -273,7 +359,5 @@ def make_config(
         data=data, optim=optim, quant=quant,
     )
     if ablation is not None:
-        if is_float:
-            raise ConfigError("ablations apply to quantized rows (1-4), not the float row 0")
         config = replace(config.with_overrides(*get_ablation(ablation).overrides), ablation=ablation)
     return config

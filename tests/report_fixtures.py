@@ -26,6 +26,8 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
+from lsq.config import make_config
+
 # Final test top-1 per (dataset, profile) -> run name -> seed. Chosen so that means are exact.
 FINAL_TOP1: dict[tuple[str, str], dict[str, dict[int, float]]] = {
     ("fashion-mnist", "quick"): {
@@ -134,10 +136,9 @@ def write_run(root: Path, dataset: str, profile: str, run_name: str, seed: int, 
     sparsity = FINAL_SPARSITY.get(ablation or "", 0.40)
     run_dir = root / dataset / profile / run_name / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(
-        f"dataset: {dataset}\nrow: {row}\nprofile: {profile}\nseed: {seed}\n"
-        f"ablation: {ablation or 'null'}\noptim:\n  epochs: {epochs}\n"
-    )
+    # The whole config, as lsq train writes it: the report's settings columns come from here.
+    config = make_config(dataset, row, profile, seed, ablation).with_overrides(f"optim.epochs={epochs}")
+    (run_dir / "config.yaml").write_text(config.to_yaml())
     lines = _epoch_lines(dataset, row, ablation, final, top5, epochs, sparsity)
     if epochs_done is not None:
         lines = [line for line in lines if line["epoch"] <= epochs_done]

@@ -186,6 +186,7 @@ def test_the_lead_is_the_longest_real_profile_and_never_synthetic(full, tmp_path
 
 
 def test_empty_runs_dir_renders_a_page(tmp_path):
+    (tmp_path / "none").mkdir()  # empty, not missing: a missing one is an error (test_faults_inputs)
     index = build_report(tmp_path / "none", tmp_path / "report", execute_notebooks=False)
     assert "No run directories found" in index.read_text()
     assert (tmp_path / "report" / "index.md").is_file()
@@ -197,6 +198,7 @@ def test_empty_runs_dir_renders_a_page(tmp_path):
 
 
 def test_main_cli(tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
     status = main(["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
                    "--no-notebooks"])
     assert status == 0

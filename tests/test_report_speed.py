@@ -174,6 +174,7 @@ def test_committed_results_hold_one_latest_check_per_device_and_no_session_names
 
 def test_speed_has_its_own_page_linked_from_the_index(tmp_path):
     results = _results(tmp_path)
+    (tmp_path / "runs").mkdir()  # no runs: the Speed page needs none
     build_report(tmp_path / "runs", tmp_path / "report", execute_notebooks=False, results_dir=results)
     out = tmp_path / "report"
     markdown, html = (out / "speed.md").read_text(), (out / "site" / "speed.html").read_text()

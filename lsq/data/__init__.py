@@ -99,7 +99,7 @@ def build_data(dataset: str, data: DataConfig, *, batch_size: int, eval_batch_si
             train, test = _take(*train, data.train_subset), _take(*test, data.test_subset)
             mean, std, source = FASHION_MNIST_MEAN, FASHION_MNIST_STD, str(folder)
         else:  # synthetic: generate only the images the subsets need
-            counts = {split: min(size, subset or size) for (split, size), subset in
+            counts = {split: size if subset is None else min(size, subset) for (split, size), subset in
                       zip(SYNTHETIC_SIZES.items(), (data.train_subset, data.test_subset))}
             train, test = synthetic_split("train", counts["train"]), synthetic_split("test", counts["test"])
             mean, std, source = CIFAR10_MEAN, CIFAR10_STD, "generated"

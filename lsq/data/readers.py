@@ -7,6 +7,7 @@ import gzip
 import math
 import os
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -51,26 +52,39 @@ def _read_cifar10(data_dir: Path, download: bool):
     if missing:
         raise DatasetNotFoundError(
             f"CIFAR-10 not found: expected {(data_dir / 'cifar-10-batches-py').resolve()}/ with "
-            f"data_batch_1..5 and test_batch (missing {', '.join(missing)}); get it with --download "
-            "on a machine where the internet is reachable, or copy an extracted "
-            "cifar-10-batches-py folder there (or point --data-dir at its parent)"
+            f"data_batch_1..5 and test_batch (missing {', '.join(missing)}); {_GET_CIFAR10} (or "
+            "point --data-dir at its parent)"
         )
 
     def load(names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
         for name in names:
-            with open(folder / name, "rb") as handle:
-                # latin1, as torchvision: the official pickles come from Python 2.
-                entry = pickle.load(handle, encoding="latin1")
-            entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
-            data = np.asarray(entry["data"], dtype=np.uint8)
+            path = folder / name
+            try:
+                with open(path, "rb") as handle:
+                    # latin1, as torchvision: the official pickles come from Python 2.
+                    entry = pickle.load(handle, encoding="latin1")
+                entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+                data, labels_ = entry["data"], entry["labels"]
+            except (EOFError, pickle.UnpicklingError, ValueError, AttributeError, KeyError,
+                    TypeError) as error:
+                raise DataError(
+                    f"{path} is truncated or not a CIFAR-10 batch ({type(error).__name__}: "
+                    f"{error}); delete it and {_GET_CIFAR10}") from None
+            data = np.asarray(data, dtype=np.uint8)
             if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
                 raise DataError(f"{folder / name}: expected data of shape (N, 3072), got {data.shape}")
             images.append(data.reshape(-1, 3, 32, 32))  # stored channel-major: R plane, G, B
-            labels.append(np.asarray(entry["labels"], dtype=np.int64))
+            labels.append(np.asarray(labels_, dtype=np.int64))
         return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
     return load(names[:5]), load(names[5:]), folder
+
+_GET_CIFAR10 = ("get it with --download on a machine where the internet is reachable, or copy an "
+                "extracted cifar-10-batches-py folder there")
+_GET_FASHION_MNIST = ("get it with 'apt-get install dataset-fashion-mnist' (installs to "
+                      "/usr/share/datasets/fashion-mnist, used by default; --reinstall replaces a "
+                      "damaged copy), or --download where the internet is reachable")
 
 _FASHION_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -85,18 +99,28 @@ def _find_fashion_mnist(data_dir: Path) -> Path | None:
             return folder
     return None
 
-def read_idx(path: Path) -> np.ndarray:
-    """An idx file (gz or not): big-endian magic ``0x00 0x00 <type> <ndim>``, sizes, data."""
+def read_idx(path: Path, get_it: str = _GET_FASHION_MNIST) -> np.ndarray:
+    """An idx file (gz or not): big-endian magic ``0x00 0x00 <type> <ndim>``, sizes, data.
+
+    A file that is not one raises :class:`DataError` naming it and, in ``get_it``, how to get it
+    again (the only idx files read here are Fashion-MNIST's).
+    """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        raw = handle.read()
-    if raw[:3] != b"\x00\x00\x08":  # 0x08 = unsigned byte, the only type MNIST files use
-        raise DataError(f"{path}: not an unsigned-byte idx file (magic {raw[:4].hex()})")
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:  # cut short, or not gzip at all
+        raise DataError(f"{path} is truncated or not gzip data ({type(error).__name__}: {error}); "
+                        f"delete it and {get_it}") from None
+    if raw[:3] != b"\x00\x00\x08" or len(raw) < 4 + 4 * raw[3]:  # 0x08: unsigned byte, MNIST's type
+        raise DataError(f"{path}: not an unsigned-byte idx file (starts {raw[:4].hex() or 'empty'}); "
+                        f"delete it and {get_it}")
     ndim = raw[3]
     shape = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != math.prod(shape):
-        raise DataError(f"{path}: header says {shape}, file holds {data.size} values")
+        raise DataError(f"{path}: header says {shape}, file holds {data.size} values (truncated?); "
+                        f"delete it and {get_it}")
     return data.reshape(shape)
 
 def _read_fashion_mnist(data_dir: Path, download: bool):
@@ -113,9 +137,7 @@ def _read_fashion_mnist(data_dir: Path, download: bool):
     if folder is None:
         raise DatasetNotFoundError(
             f"Fashion-MNIST not found: expected {data_dir.resolve()}/ (or its FashionMNIST/raw/) to hold "
-            "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]; get it with "
-            "'apt-get install dataset-fashion-mnist' (installs to /usr/share/datasets/fashion-mnist, "
-            "used by default), or --download where the internet is reachable"
+            f"{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte[.gz]; {_GET_FASHION_MNIST}"
         )
 
     def load(split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,9 @@
 """Load run directories (docs/run-format.md) into tidy pandas DataFrames.
 
-Only the files of the run format are read: ``summary.json``, ``metrics.jsonl`` and, for runs still
-in progress, ``config.yaml`` (for the planned epoch count). The trainer is never imported, so the
-report renders anywhere the run directories are, with no GPU and no data.
+Only the files of the run format are read: ``summary.json``, ``metrics.jsonl`` and ``config.yaml``
+(through :class:`lsq.config.RunConfig`: the settings a run trained with, and the planned epoch count
+of a run in progress). The trainer is never imported, so the report renders anywhere the run
+directories are, with no GPU and no data.
 
 A run's identity (dataset, profile, row, ablation, seed) comes from its path,
 ``<runs>/<dataset>/<profile>/row<k>[-<ablation>]/seed<s>/``; ``summary.json`` is checked against it.
@@ -22,21 +23,31 @@ import pandas as pd
 import yaml
 
 from lsq import runs as run_format
+from lsq.config import RunConfig
+from lsq.errors import ConfigError
 from lsq.experiments import PROFILES
+from lsq.levels import format_levels
 
 KEYS = ["dataset", "profile", "row", "ablation", "seed"]
 
+# What a run trained with, from its config.yaml, named as the seed table's columns; None where the
+# config could not be read.
+CONFIG_COLUMNS = ["quan_lr", "constr_w", "constr_a", "lr_base"]
 SUMMARY_COLUMNS = [
     *KEYS, "data_kind", "epochs", "final_top1", "final_top5", "best_top1", "best_top5",
     "final_test_loss", "final_weight_sparsity", "wall_seconds", "train_images", "test_images",
     "device", "compiled", "torch_version", "git_sha", "hostname", "started_at", "finished_at",
-    "baseline_run", "path",
+    "baseline_run", *CONFIG_COLUMNS, "path",
 ]
+# Summary fields the tables compute with: a summary where one is not a number is malformed.
+NUMERIC_SUMMARY = ["epochs", "final_top1", "final_top5", "best_top1", "best_top5",
+                   "final_test_loss", "final_weight_sparsity", "wall_seconds", "train_images",
+                   "test_images"]
 EPOCH_COLUMNS = [
     "epoch", "lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5",
     "weight_sparsity", "epoch_seconds", "images_per_second",
 ]
-IN_PROGRESS_COLUMNS = [*KEYS, "epochs_done", "epochs_planned", "path"]
+IN_PROGRESS_COLUMNS = [*KEYS, "epochs_done", "epochs_planned", *CONFIG_COLUMNS, "path"]
 STEP_SIZE_COLUMNS = [*KEYS, "epoch", "layer", "mean", "min", "max"]
 LAYER_SPARSITY_COLUMNS = [*KEYS, "epoch", "layer", "sparsity"]
 
@@ -53,7 +64,9 @@ class Runs:
     ``summaries``: one row per finished run (``summary.json`` present): the results.
     ``epochs``: one row per finished run per epoch, every scalar of ``metrics.jsonl``.
     ``step_sizes``/``layer_sparsity``: the per-layer dicts of ``metrics.jsonl``, exploded long.
-    ``in_progress``: runs without ``summary.json``; listed, never used as results.
+    ``in_progress``: runs without a usable ``summary.json`` (none yet, or a malformed one);
+    listed, never used as results.
+    Both ``summaries`` and ``in_progress`` carry ``CONFIG_COLUMNS``: what the run trained with.
     ``problems``: human-readable notes about what could not be read (also emitted as warnings).
     """
 
@@ -119,16 +132,18 @@ def load_runs(runs_dir: str | Path) -> Runs:
         label = run_dir.relative_to(root).as_posix()
         metrics = _read_metrics(run_dir / run_format.METRICS, problems, f"{label}/{run_format.METRICS}")
         summary = _read_summary(run_dir / run_format.SUMMARY, key, problems, f"{label}/{run_format.SUMMARY}")
+        config = _read_config(run_dir / run_format.CONFIG, problems, f"{label}/{run_format.CONFIG}")
+        settings = _settings(config)
         if summary is None:
             in_progress.append({
                 **key,
                 "epochs_done": int(metrics["epoch"].max()) if len(metrics) else 0,
-                "epochs_planned": _planned_epochs(run_dir / run_format.CONFIG),
-                "path": run_dir.relative_to(root).as_posix(),
+                "epochs_planned": float(config.optim.epochs) if config else float("nan"),
+                **settings,
+                "path": label,
             })
             continue
-        summary["path"] = run_dir.relative_to(root).as_posix()
-        summaries.append(summary)
+        summaries.append({**summary, **settings, "path": label})
         if len(metrics):
             epochs.append(_scalar_epochs(metrics, key))
             steps.append(_explode_step_sizes(metrics, key))
@@ -181,7 +196,14 @@ def _read_metrics(path: Path, problems: list[str], label: str) -> pd.DataFrame:
     return frame.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _read_summary(path: Path, key: dict, problems: list[str], label: str) -> dict | None:
+    """The summary's fields, or None (the run counts as unfinished) when there is none or it is
+    malformed: a half-written file, no numeric ``final_top1``, or a result field that is not a
+    number. Only the problem is reported, never a made-up number."""
     if not path.exists():
         return None
     try:
@@ -191,6 +213,17 @@ def _read_summary(path: Path, key: dict, problems: list[str], label: str) -> dic
     except (ValueError, OSError) as error:
         _problem(problems, f"{label}: unreadable ({error}); the run is treated as not finished")
         return None
+    top1 = summary.get("final_top1")
+    if not _is_number(top1) or not 0 <= top1 <= 100:  # also NaN
+        found = "no final_top1" if top1 is None else f"final_top1 {top1!r} is not a percentage"
+        _problem(problems, f"{label}: {found}; the run is treated as not finished")
+        return None
+    for name in NUMERIC_SUMMARY:
+        value = summary.get(name)
+        if value is not None and not _is_number(value):
+            _problem(problems, f"{label}: {name} {value!r} is not a number; the run is treated "
+                               "as not finished")
+            return None
     for name, value in key.items():
         found = summary.get(name)
         if name == "ablation":
@@ -201,11 +234,29 @@ def _read_summary(path: Path, key: dict, problems: list[str], label: str) -> dic
     return {**{c: summary.get(c) for c in SUMMARY_COLUMNS}, **key}
 
 
-def _planned_epochs(path: Path) -> float:
+def _read_config(path: Path, problems: list[str], label: str) -> RunConfig | None:
+    """The run's config, or None (its settings shown as unknown) when it is missing or invalid."""
+    if not path.exists():
+        _problem(problems, f"{label}: missing; the run's settings are shown as unknown")
+        return None
     try:
-        return float(yaml.safe_load(path.read_text(encoding="utf-8"))["optim"]["epochs"])
-    except Exception:  # an unreadable config only loses the "of N" in "epoch k of N"
-        return float("nan")
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ConfigError("not a YAML mapping")
+        return RunConfig.from_dict(data)  # validated as lsq train validates it
+    except (yaml.YAMLError, ConfigError, OSError, UnicodeDecodeError) as error:
+        _problem(problems, f"{label}: unreadable ({error}); the run's settings are shown as unknown")
+        return None
+
+
+def _settings(config: RunConfig | None) -> dict:
+    """``CONFIG_COLUMNS`` of one run, in the seed table's notation."""
+    if config is None:
+        return dict.fromkeys(CONFIG_COLUMNS)
+    quant = config.quant
+    return {"quan_lr": "yes" if quant.quantize_first_last else "no",
+            "constr_w": format_levels(quant.weight_range), "constr_a": format_levels(quant.act_range),
+            "lr_base": config.optim.lr}
 
 
 # --- reshaping ---------------------------------------------------------------------------------

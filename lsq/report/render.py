@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lsq.errors import ConfigError
 from lsq.experiments import TABLES, get_table
 from lsq.report import analysis, claims, figures, speed, tables
 from lsq.report.collect import Runs, load_runs, profile_rank
@@ -108,9 +109,15 @@ def build_report(runs_dir: str | Path = "runs", out_dir: str | Path = "report", 
     measured speed (``results_dir``, see :mod:`lsq.report.speed`) on its own Speed page.
 
     Returns the path of ``out_dir/site/index.html``. Notebook failures do not stop the report:
-    they are listed on the index page and in ``build_report.last_errors``.
+    they are listed on the index page and in ``build_report.last_errors``. A ``runs_dir`` that
+    is not a directory raises :class:`ConfigError` before anything is written (a mistyped path
+    must not render, or replace a site with, an empty report); an empty one renders.
     """
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    if not runs_dir.is_dir():
+        raise ConfigError(
+            f"runs directory {runs_dir} {'is not a directory' if runs_dir.exists() else 'does not exist'}; "
+            "pass --runs-dir the folder holding <dataset>/<profile>/row<k>/seed<s>/ (default: runs)")
     site = out_dir / "site"
     if (site / MARKER).exists():
         # A site this function wrote before: start clean, so pages of deleted runs disappear.

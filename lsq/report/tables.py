@@ -7,6 +7,11 @@ published value and Δ vs paper beside each measured one (for a dataset that sta
 published one, Fashion-MNIST for CIFAR-10, the published rows of that one). Markdown and HTML
 both render the formatted DataFrame, so they cannot disagree.
 
+The settings columns (quan_lr, constr_w, constr_a, lr_base) say what the row's runs trained with,
+from their ``config.yaml`` (``collect.CONFIG_COLUMNS``): a value that differs from the table's
+recipe says so beside it, runs of one row that disagree show every value, and a row without runs
+shows the recipe it would train with.
+
 Drops are ``float baseline − row``. When every seed of a row has a float run of the same seed (the
 run it was fine-tuned from), the drop is the mean ± std of the per-seed paired drops; otherwise it
 is the difference of the means, marked "unpaired", with no std.
@@ -19,10 +24,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from lsq.experiments import Table, get_table
+from lsq.experiments import Row, Table, get_table
 
 NOT_RUN = "not run"
 DASH = "—"
+SETTINGS = ("quan_lr", "constr_w", "constr_a", "lr_base")
 
 
 @dataclass(frozen=True)
@@ -145,7 +151,8 @@ def results_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, dataset: s
     """Numbers of the seed-format table of one (dataset, profile), one row per table row.
 
     ``summaries``/``in_progress``: the runs of that (dataset, profile) only (``Runs.select``).
-    Columns: the settings of ``Row.as_columns()``, ``epochs_run`` (min and max over seeds),
+    Columns: the settings of ``Row.as_columns()`` as the runs used them (``run_settings``), the
+    row's own in ``recipe_<setting>``, ``epochs_run`` (min and max over seeds),
     ``in_progress`` (count) and per metric ``m``: ``m_mean/std/n``, ``drop_m_mean/std/n/paired``,
     ``paper_m``, ``paper_drop_m``, ``delta_m``, ``delta_drop_m`` (measured − published).
     """
@@ -159,6 +166,8 @@ def results_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, dataset: s
         published_row = reference.row(row.id).published if reference is not None else {}
         row_runs = runs[runs["row"] == row.id]
         record = dict(row.as_columns())
+        row_waiting = waiting[waiting["row"] == row.id] if len(waiting) else waiting
+        record.update(run_settings(row, [row_runs, row_waiting]))
         record["epochs_min"] = row_runs["epochs"].min() if len(row_runs) else float("nan")
         record["epochs_max"] = row_runs["epochs"].max() if len(row_runs) else float("nan")
         record["in_progress"] = int((waiting["row"] == row.id).sum()) if len(waiting) else 0
@@ -180,6 +189,37 @@ def results_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, dataset: s
             })
         records.append(record)
     return pd.DataFrame.from_records(records)
+
+
+def run_settings(row: Row, frames: list[pd.DataFrame]) -> dict:
+    """What the runs in ``frames`` (finished and in progress) trained with, per ``SETTINGS``:
+    one value, a tuple of every value when they disagree, None when no run's config was
+    readable; the row's recipe when there is no run. ``recipe_<setting>``: the row's recipe."""
+    recipe = row.as_columns()
+    runs = [frame for frame in frames if len(frame)]
+    settings = {}
+    for name in SETTINGS:
+        settings[f"recipe_{name}"] = recipe[name]
+        if not runs:
+            settings[name] = recipe[name]
+            continue
+        values = sorted(set(pd.concat([frame.reindex(columns=[name])[name] for frame in runs])
+                            .dropna()))
+        settings[name] = None if not values else values[0] if len(values) == 1 else tuple(values)
+    return settings
+
+
+def _setting(value, recipe) -> str:
+    """A settings cell: the value the runs used, the recipe's beside a value that differs from
+    it, and every value where the runs of the row disagree."""
+    def text(v) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    if isinstance(value, tuple):
+        return f"{' / '.join(map(text, value))} (runs differ; recipe {text(recipe)})"
+    return text(value) if value == recipe else f"{text(value)} (recipe {text(recipe)})"
 
 
 def _number(value: float, digits: int = 2, signed: bool = False) -> str:
@@ -230,9 +270,9 @@ def format_results_table(numbers: pd.DataFrame, dataset: str) -> pd.DataFrame:
     for _, record in numbers.iterrows():
         epochs = _epochs_run(record)
         out = {
-            ("ID", ""): str(record["ID"]), ("quan_lr", ""): record["quan_lr"],
-            ("constr_w", ""): record["constr_w"], ("constr_a", ""): record["constr_a"],
-            ("lr_base", ""): f"{record['lr_base']:g}",
+            ("ID", ""): str(record["ID"]),
+            **{(name, ""): _setting(record[name], record.get(f"recipe_{name}", record[name]))
+               for name in SETTINGS},
             (epoch_header, ""): epochs if epoch_header != "epoch"
             else f"{epochs} (paper {record['epoch']})",
             ("seeds", ""): _seeds_cell(int(record[f"{table.metrics[0]}_n"]),
