@@ -2,18 +2,58 @@
 
 Thin by design: parse, build a config, call one function. Bad input ends with one ``error:`` line
 naming the problem and the fix, and exit status 2 (``LSQ_DEBUG=1`` shows the traceback); any
-other exception is a bug and keeps its traceback.
+other exception is a bug and keeps its traceback. SIGINT and SIGTERM end a command with one
+``interrupted`` line, after the same cleanup (the run's lock released, no temp file left), and
+exit 130 or 143.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+import signal
 import sys
-from dataclasses import replace
 
-from lsq.errors import LsqError
-from lsq.experiments import ABLATIONS, DATASETS, PROFILES, TABLES, ablation_rows
+INTERRUPTED = "interrupted ({signal}): run the same command again to resume"
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where the process is, so that ``finally`` blocks and
+    ``except BaseException`` cleanups run as they do for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_MAIN_PID = os.getpid()
+_cleanup_armed = False  # set once main() is inside the block that turns Interrupted into a line
+
+
+def _on_signal(signum: int, _frame) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked worker (data loading): as if we had not been here
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    if not _cleanup_armed:
+        # Still importing: nothing is held or half-written yet, and an exception here would
+        # surface as a traceback from the import machinery.
+        os.write(2, (INTERRUPTED.format(signal=signal.Signals(signum).name) + "\n").encode())
+        os._exit(128 + signum)
+    raise Interrupted(signum)
+
+
+if __name__ == "__main__":
+    # First thing, before the imports below: a signal in the first milliseconds is handled too.
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, _on_signal)
+
+import argparse  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+from lsq.errors import ConfigError, LsqError  # noqa: E402
+from lsq.experiments import ABLATIONS, DATASETS, PROFILES, TABLES, ablation_rows  # noqa: E402
 
 BENCHES = ("quantizer", "data", "train", "imagenet")
 # What `python -m lsq list` prints: the one copy of each list, read by the Makefile.
@@ -62,6 +102,10 @@ def _train_parser(sub) -> None:
                    help="rows 1-4: start while row 0 still trains (warm the compile cache, then "
                         "wait for its summary.json) and train once it is done; make -j does this "
                         "on CUDA")
+    p.add_argument("--retrain-baseline", action="store_true",
+                   help="rows 1-4 whose float baseline is finished without a checkpoint.pt (a "
+                        "committed run): first retrain the baseline into RUNS/.baselines/ and "
+                        "check it against the committed results")
 
 
 def _config_from_args(args):
@@ -95,9 +139,15 @@ def _train(args) -> int:
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
-    train = fit_after_baseline if args.wait_for_baseline else fit
     try:
-        train(config, args.runs_dir, progress=not args.no_progress)
+        if args.wait_for_baseline:
+            if args.retrain_baseline:
+                raise ConfigError("--wait-for-baseline and --retrain-baseline do not go together: "
+                               "retrain the baseline first, then start the rows")
+            fit_after_baseline(config, args.runs_dir, progress=not args.no_progress)
+        else:
+            fit(config, args.runs_dir, progress=not args.no_progress,
+                retrain_baseline=args.retrain_baseline)
     finally:
         import torch.distributed as dist
 
@@ -151,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--download", action="store_true", help="download it first (needs internet)")
 
     args, rest = parser.parse_known_args(argv)
+    global _cleanup_armed
+    _cleanup_armed = True
     try:
         if args.command == "report":
             from lsq.report import main as report_main
@@ -182,9 +234,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        print(INTERRUPTED.format(signal=signal.Signals(signum).name), file=sys.stderr)
+        return 128 + signum
+    finally:
+        _cleanup_armed = False  # a signal while the interpreter shuts down: no traceback either
     return 0
 
 

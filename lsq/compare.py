@@ -33,7 +33,6 @@ by. The record (``--json``) names the CPU kind of both sides: the CPU model of e
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 from collections import Counter
@@ -84,8 +83,10 @@ def cpu_kind(device: str | None) -> str:
 
 def find_runs(root: Path) -> dict[str, Path]:
     """Run directories (holding ``config.yaml``) under ``root``, by their path relative to it."""
+    # Hidden folders (a retrained baseline's .baselines/) are not runs of the tree.
     return {str(config.parent.relative_to(root)): config.parent
-            for config in sorted(Path(root).rglob(runs.CONFIG))}
+            for config in sorted(Path(root).rglob(runs.CONFIG))
+            if not any(part.startswith(".") for part in config.parent.relative_to(root).parts)}
 
 
 def _differences(reference, candidate, path: str, one_sided: set[str]):
@@ -106,8 +107,7 @@ def _differences(reference, candidate, path: str, one_sided: set[str]):
 
 
 def _summary(run: Path) -> dict | None:
-    path = run / runs.SUMMARY
-    return json.loads(path.read_text()) if path.exists() else None
+    return runs.read_summary(run)
 
 
 def seed_spread(reference: Path) -> tuple[float | None, int]:

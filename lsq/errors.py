@@ -36,11 +36,23 @@ class BaselineMissingError(TrainingError):
 
 
 class NonFiniteLossError(TrainingError):
-    """The loss became NaN or infinite."""
+    """The training or test loss became NaN or infinite: the run diverged."""
 
 
 class CorruptCheckpointError(TrainingError):
     """A checkpoint that cannot be read."""
+
+
+class RunFileError(LsqError, ValueError):
+    """A file of a run directory that cannot be read (``summary.json``, ``metrics.jsonl``)."""
+
+
+class NonFiniteValueError(LsqError, ValueError):
+    """A NaN or infinity on its way into a JSON file: strict JSON has no such values."""
+
+
+class DiskFullError(LsqError, OSError):
+    """A write failed because its disk is full; the file it replaces is intact."""
 
 
 class RunLockedError(LsqError, RuntimeError):

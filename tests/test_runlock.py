@@ -30,7 +30,20 @@ def test_a_second_holder_is_refused_and_the_lock_frees_on_exit(tmp_path):
             with runlock.holding(run):
                 pass
     assert not runlock.is_running(run)
-    assert not run.exists(), "the lock lives outside the run directory"
+    assert not run.exists(), "the lock file, and the folder made for it, go with the lock"
+
+
+def test_the_lock_is_a_file_of_the_run_directory_and_a_run_that_wrote_keeps_its_folder(tmp_path):
+    run = tmp_path / "runs" / "row0" / "seed0"
+    with runlock.holding(run):
+        assert (run / ".lock").is_file()
+        (run / "config.yaml").write_text("{}")
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+
+
+def test_watching_a_run_creates_nothing(tmp_path):
+    assert not runlock.is_running(tmp_path / "not" / "there")
+    assert not any(tmp_path.iterdir())
 
 
 def test_fit_refuses_a_run_another_process_trains(tmp_path):
@@ -38,7 +51,8 @@ def test_fit_refuses_a_run_another_process_trains(tmp_path):
     with runlock.holding(config.run_dir(tmp_path)):
         with pytest.raises(runlock.RunLockedError):
             fit(config, tmp_path, progress=False, log=lambda *_: None)
-    assert not any(tmp_path.rglob("*")), "nothing written by the refused run"
+        assert {p.name for p in config.run_dir(tmp_path).iterdir()} == {".lock"}, (
+            "nothing written by the refused run")
 
 
 def test_a_lock_held_by_a_killed_process_is_free(tmp_path):

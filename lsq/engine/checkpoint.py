@@ -10,11 +10,14 @@ import torch
 from lsq import runs
 from lsq.config import RunConfig
 from lsq.engine.recipe import build_run_model, rng_state, set_rng_state
-from lsq.errors import BaselineMissingError, CorruptCheckpointError, ExportError
+from lsq.errors import BaselineMissingError, CorruptCheckpointError, ExportError, TrainingError
 from lsq.quant.inspect import unwrap
 
 
 RESUME_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng")
+# Where `lsq train --retrain-baseline` retrains a finished baseline that has no checkpoint (a
+# committed run): beside the runs, out of the layout that discovery and the report read.
+RETRAINED_BASELINES = ".baselines"
 
 def load_checkpoint(path: Path, keys: tuple[str, ...] = RESUME_KEYS) -> dict:
     """A run's checkpoint (our own file, holding RNG states, hence not ``weights_only``), with
@@ -38,10 +41,17 @@ def save_checkpoint(path, model, optimizer, scheduler, epoch, config, wall_secon
         "config": config.to_dict(), "git_sha": runs.git_sha(), "wall_seconds": wall_seconds,
     }, path)
 
+def checkpoint_config(path: Path) -> RunConfig:
+    """The config a checkpoint was written with (key ``"config"``)."""
+    return RunConfig.from_dict(load_checkpoint(path, keys=("config",))["config"])
+
 def resume(checkpoint_path: Path, metrics_path: Path, model, optimizer, scheduler,
-            is_main: bool) -> tuple[int, float, str | None]:
+           is_main: bool, *, first_epoch: int, log=print) -> tuple[int, float, str | None]:
     """Restore everything a checkpoint holds; the metrics log drops epochs newer than it (the
-    run was killed between writing an epoch's line and its checkpoint)."""
+    run was killed between writing an epoch's line and its checkpoint) and a last line cut
+    short (warned about). ``first_epoch``: the log's first epoch (0 for runs that record the
+    model before training). A log that then lacks an epoch the checkpoint covers cannot be
+    completed, and is a :class:`TrainingError`."""
     checkpoint = load_checkpoint(checkpoint_path)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
@@ -49,21 +59,48 @@ def resume(checkpoint_path: Path, metrics_path: Path, model, optimizer, schedule
     set_rng_state(checkpoint["rng"])
     start_epoch = checkpoint["epoch"]
     if is_main:
-        kept = [r for r in runs.read_metrics(metrics_path) if r["epoch"] <= start_epoch]
+        records = runs.read_metrics(metrics_path, on_torn_last=log)
+        kept = [r for r in records if r["epoch"] <= start_epoch]
+        epochs = [r["epoch"] for r in kept]
+        if epochs != list(range(first_epoch, start_epoch + 1)):
+            raise TrainingError(
+                f"{metrics_path} holds the records of epochs {epochs or 'none'}, but "
+                f"{checkpoint_path} is after epoch {start_epoch}: the log lost records the "
+                f"checkpoint cannot give back; delete {checkpoint_path.parent} and train it again")
         runs.rewrite_metrics(metrics_path, kept)
     return start_epoch, checkpoint.get("wall_seconds", 0.0), checkpoint.get("started_at")
 
-def baseline_state(config: RunConfig, runs_dir: Path) -> dict:
-    baseline = config.baseline()
-    baseline_dir = baseline.run_dir(runs_dir)
-    checkpoint = baseline_dir / runs.CHECKPOINT
-    if not (baseline_dir / runs.SUMMARY).exists() or not checkpoint.exists():
+def retrained_baseline_dir(config: RunConfig, runs_dir: Path) -> Path:
+    return config.baseline().run_dir(Path(runs_dir) / RETRAINED_BASELINES)
+
+def baseline_checkpoint(config: RunConfig, runs_dir: Path) -> Path:
+    """The checkpoint a quantized row starts from: its float baseline's, or, where the baseline
+    is finished without one (a committed run), the copy ``--retrain-baseline`` trained."""
+    runs_dir = Path(runs_dir)
+    baseline_dir = config.baseline().run_dir(runs_dir)
+    if not runs.is_done(baseline_dir):
         raise BaselineMissingError(
             f"the float baseline of this row is missing ({baseline_dir} has no finished run); "
             f"make it first: python -m lsq train --dataset {config.dataset} --row 0 "
             f"--profile {config.profile} --seed {config.seed} --runs-dir {runs_dir}"
         )
-    return load_checkpoint(checkpoint)["model"]
+    if (baseline_dir / runs.CHECKPOINT).exists():
+        return baseline_dir / runs.CHECKPOINT
+    retrained = retrained_baseline_dir(config, runs_dir)
+    if runs.is_done(retrained) and (retrained / runs.CHECKPOINT).exists():
+        return retrained / runs.CHECKPOINT
+    ablation = f" --ablation {config.ablation}" if config.ablation else ""
+    raise BaselineMissingError(
+        f"the float baseline {baseline_dir} is finished but has no {runs.CHECKPOINT} (committed "
+        "runs carry only their results), so this row has no weights to start from; add "
+        f"--retrain-baseline to this command to retrain them: python -m lsq train --dataset {config.dataset} --row {config.row} --profile "
+        f"{config.profile} --seed {config.seed}{ablation} --runs-dir {runs_dir} "
+        f"--retrain-baseline (trains row 0 again into {retrained}, checks it against the "
+        "committed results, then trains this row)"
+    )
+
+def baseline_state(config: RunConfig, runs_dir: Path) -> dict:
+    return load_checkpoint(baseline_checkpoint(config, runs_dir))["model"]
 
 
 def export_run(run_dir: str | Path, out_path: str | Path | None = None) -> dict:

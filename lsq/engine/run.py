@@ -3,16 +3,19 @@
 Resumability: every epoch ends with an atomic checkpoint. The data order and augmentation of an
 epoch are a pure function of (seed, epoch) (see :mod:`lsq.data`), so a run killed at any moment
 and started again finishes with bit-identical metrics on the CPU. ``summary.json`` is written
-last; its presence means done.
+last; its presence means done, and it holds only finite numbers: a test loss that is not
+finite stops the run (:class:`lsq.errors.NonFiniteLossError`). A model that trains to chance
+accuracy with a finite loss is a result, not an error (a smoke run or a weak row can sit there),
+and is reported as measured. docs/guarantees.md lists what a run directory promises.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,41 +25,78 @@ from torch import nn
 
 from lsq import runlock, runs
 from lsq.config import RunConfig
-from lsq.engine.checkpoint import baseline_state, resume, save_checkpoint
+from lsq.engine.checkpoint import (RETRAINED_BASELINES, baseline_checkpoint, checkpoint_config,
+                                   load_checkpoint, resume, save_checkpoint)
 from lsq.engine.fastpath import eval_model, resolve_fast_path, wrap_model
 from lsq.engine.host import (check_replicas_in_sync, device_description, distributed_context,
                              process_age_seconds, resolve_device, share_cpu_threads)
 from lsq.engine.recipe import (build_optimizer, build_run_model, build_scheduler, calibrate,
                                check_step_sizes, evaluate, seed_everything, train_one_epoch)
 from lsq.engine.step import Context, TrainStep
-from lsq.errors import TrainingError
+from lsq.errors import ConfigError, NonFiniteLossError, TrainingError
 from lsq.experiments import get_table
 from lsq.quant.convert import quantizers
 from lsq.quant.inspect import model_metrics, step_size_params
 
-def _check_same_config(run_dir: Path, config: RunConfig) -> None:
-    existing = run_dir / runs.CONFIG
-    if existing.exists():
-        old = RunConfig.from_yaml(existing)
-        if old.result_defining() != config.result_defining():
-            raise TrainingError(
-                f"{run_dir} holds a run with another configuration; use another --runs-dir, "
-                f"or delete {run_dir} to start over"
-            )
+def _flat(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+def config_differences(old: RunConfig, new: RunConfig) -> list[str]:
+    """``key old → new`` for each result-defining key where ``new`` differs from ``old``."""
+    before, after = (_flat(c.result_defining().to_dict()) for c in (old, new))
+    return [f"{key} {before.get(key)!r} → {after.get(key)!r}"
+            for key in dict.fromkeys([*before, *after]) if before.get(key) != after.get(key)]
+
+def recorded_config(run_dir: Path) -> tuple[RunConfig, str] | None:
+    """The config ``run_dir`` was started with and where it was read: its config.yaml, or the
+    copy in its checkpoint when config.yaml is gone; None for a run that holds neither."""
+    if (run_dir / runs.CONFIG).exists():
+        return RunConfig.from_yaml(run_dir / runs.CONFIG), runs.CONFIG
+    if (run_dir / runs.CHECKPOINT).exists():
+        return checkpoint_config(run_dir / runs.CHECKPOINT), runs.CHECKPOINT
+    return None
+
+def _check_same_config(run_dir: Path, config: RunConfig) -> RunConfig | None:
+    """Refuse ``config`` for a run directory that holds a run of another result-defining config,
+    finished or not; returns the recorded config."""
+    recorded = recorded_config(run_dir)
+    if recorded is None:
+        return None
+    old, source = recorded
+    differences = config_differences(old, config)
+    if differences:
+        raise TrainingError(
+            f"{run_dir} holds a run with another configuration ({source}: "
+            f"{'; '.join(differences)}); ask for the run it holds, use another --runs-dir, or "
+            f"delete {run_dir} to start over"
+        )
+    return old
 
 def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = True,
-        log=print, start_waited: tuple[float, float] | None = None) -> dict:
+        log=print, start_waited: tuple[float, float] | None = None,
+        retrain_baseline: bool = False) -> dict:
     """Train (or resume, or skip if done) one run; returns its summary. ``start_waited``:
     (when its baseline finished, seconds this process waited for it), from
     ``fit_after_baseline``: its start-up is then counted from there, and the wait recorded
-    beside it."""
+    beside it. ``retrain_baseline``: first retrain a finished float baseline that has no
+    checkpoint (``retrain_baseline_checkpoint``)."""
     runs_dir = Path(runs_dir)
     run_dir = config.run_dir(runs_dir)
-    summary_path = run_dir / runs.SUMMARY
-    if summary_path.exists():
+    if retrain_baseline and config.quant.is_float:
+        raise ConfigError("--retrain-baseline is for the quantized rows 1-4, which start from "
+                          "row 0; to train row 0 itself, leave it out")
+    summary = runs.read_summary(run_dir)
+    if summary is not None:
+        _check_same_config(run_dir, config)
         log(f"{run_dir}: already done (summary.json exists), nothing to do")
-        return json.loads(summary_path.read_text())
-    _check_same_config(run_dir, config)
+        return summary
+    recorded = _check_same_config(run_dir, config)
 
     if config.optim.epochs == 0 and config.quant.is_float and not config.pretrained_weights:
         if config.profile != "smoke":
@@ -66,6 +106,8 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
                 "on a machine with internet access"
             )
         log("smoke profile: the float baseline is randomly initialised (no pretrained weights)")
+    if retrain_baseline:
+        retrain_baseline_checkpoint(config, runs_dir, progress=progress, log=log)
     rank, world_size = distributed_context()
     share_cpu_threads()
     device = resolve_device(config.device)
@@ -75,8 +117,80 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
     is_main = rank == 0
     # Rank 0 alone writes the run directory, so it alone holds the run's lock.
     with runlock.holding(run_dir) if is_main else contextlib.nullcontext():
+        if is_main:
+            # Under the lock no other process writes here: a temp file is a killed write's.
+            for path in runs.remove_stale_temp_files(run_dir):
+                log(f"{run_dir}: removed {path.name}, left by a process killed while writing it")
+            if recorded is not None and not (run_dir / runs.CONFIG).exists():
+                runs.atomic_write_text(run_dir / runs.CONFIG, recorded.to_yaml())
+                log(f"{run_dir}: config.yaml was missing; written back from {runs.CHECKPOINT}")
         return _train_run(config, runs_dir, run_dir, device, rank, world_size,
                           progress=progress, log=log, start_waited=start_waited)
+
+def retrain_baseline_checkpoint(config: RunConfig, runs_dir: Path, *, progress: bool = True,
+                                log=print) -> Path | None:
+    """Give a quantized row weights to start from where its float baseline is finished but has
+    no checkpoint (committed runs carry only their results): train the baseline again, with the
+    config its run directory records, into ``<runs>/.baselines/``, and say whether it
+    reproduced the committed results (bit for bit on the kind of CPU, thread count and
+    compilation that made them). Returns the retrained run directory, or None where there was
+    nothing to retrain."""
+    committed_dir = config.baseline().run_dir(runs_dir)
+    committed = runs.read_summary(committed_dir)
+    if committed is None:
+        baseline_checkpoint(config, runs_dir)  # raises: says how to train the baseline
+    if (committed_dir / runs.CHECKPOINT).exists():
+        log(f"{committed_dir} has its {runs.CHECKPOINT}; nothing to retrain")
+        return None
+    recorded = recorded_config(committed_dir)
+    baseline = recorded[0] if recorded is not None else config.baseline()
+    # Where and how it executes follows this command; what it computes, the committed run.
+    baseline = replace(baseline, device=config.device, compile_model=config.compile_model,
+                       cuda_graphs=config.cuda_graphs,
+                       data=replace(baseline.data, data_dir=config.data.data_dir,
+                                    workers=config.data.workers, download=config.data.download))
+    retrained_root = runs_dir / RETRAINED_BASELINES
+    retrained_dir = baseline.run_dir(retrained_root)
+    log(f"{committed_dir}: no {runs.CHECKPOINT}; retraining it into {retrained_dir}")
+    summary = fit(baseline, retrained_root, progress=progress, log=log)
+    difference = _first_result_difference(committed_dir, retrained_dir)
+    if difference is None:
+        log(f"{retrained_dir}: bit-identical to {committed_dir} (every epoch record and result)")
+    else:
+        log(f"warning: {retrained_dir} differs from {committed_dir} ({difference}); trained on "
+            f"{committed.get('device')}, retrained on {summary.get('device')}: only "
+            "the same kind of CPU, thread count and compilation reproduce a run bit for bit "
+            "(docs/development.md); this row starts from the retrained weights")
+    return retrained_dir
+
+def _first_result_difference(reference: Path, candidate: Path) -> str | None:
+    """The first result (epoch record or summary value, timing and provenance left out) where
+    ``candidate`` differs from ``reference``; None when every one is equal."""
+    ours, theirs = (runs.read_metrics(d / runs.METRICS) for d in (reference, candidate))
+    if len(ours) != len(theirs):
+        return f"{len(ours)} epoch records against {len(theirs)}"
+    for old, new in zip(ours, theirs):
+        for key in old.keys() - runs.TIMING_KEYS:
+            if old[key] != new.get(key):
+                return f"epoch {old['epoch']}: {key} {old[key]!r} → {new.get(key)!r}"
+    old, new = (runs.read_summary(d) for d in (reference, candidate))
+    for key in old.keys() - runs.PROVENANCE_KEYS:
+        if old[key] != new.get(key):
+            return f"summary: {key} {old[key]!r} → {new.get(key)!r}"
+    return None
+
+def _check_finite_evaluation(metrics: dict, epoch: int, config: RunConfig, run_dir: Path) -> None:
+    """A test loss that is not finite means the run diverged: stop before it is recorded."""
+    loss = metrics["test_loss"]
+    if math.isfinite(loss):
+        return
+    if epoch == 0:
+        raise NonFiniteLossError(
+            f"test loss is {loss} before any training step: the model this row starts from gives "
+            f"non-finite outputs; check its float baseline {config.baseline().run_dir(Path('.'))}")
+    raise NonFiniteLossError(
+        f"test loss is {loss} after epoch {epoch}: the run diverged (lr {config.optim.lr:g}); "
+        f"delete {run_dir} and train it again with a lower --lr")
 
 def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.device, rank: int,
                world_size: int, *, progress: bool, log,
@@ -84,7 +198,12 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
     """``fit`` once the run is known to need training and this process may train it."""
     is_main = rank == 0
     summary_path = run_dir / runs.SUMMARY
-    float_state = None if config.quant.is_float else baseline_state(config, runs_dir)
+    float_state = None
+    if not config.quant.is_float:
+        source = baseline_checkpoint(config, runs_dir)
+        if RETRAINED_BASELINES in source.relative_to(runs_dir).parts:
+            log(f"{run_dir}: starting from the retrained baseline {source}")
+        float_state = load_checkpoint(source)["model"]
     seed_everything(config.seed)
     run = build_run(config, device, rank, world_size, float_state, progress=progress and is_main)
     data, ctx, model, optimizer, scheduler = run.data, run.ctx, run.model, run.optimizer, run.scheduler
@@ -105,7 +224,8 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
             calibrate(model, data.train, ctx)
     else:
         start_epoch, wall_before, started_at = resume(
-            checkpoint_path, metrics_path, model, optimizer, scheduler, is_main)
+            checkpoint_path, metrics_path, model, optimizer, scheduler, is_main,
+            first_epoch=0 if quantizers(model) or config.optim.epochs == 0 else 1, log=log)
         if is_main:
             log(f"{run_dir}: resuming after epoch {start_epoch}")
     # After calibration: DDP broadcasts rank 0's step sizes with every other parameter.
@@ -122,8 +242,10 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
     if fresh:
         if quantizers(model) or config.optim.epochs == 0:
             # Epoch 0: the converted, initialised model before any step (or a pretrained float).
-            record = _epoch_record(0, optimizer.param_groups[0]["lr"], None,
-                                   evaluate(evaluator, data.test, ctx, model), model, 0.0, None)
+            test_metrics = evaluate(evaluator, data.test, ctx, model)
+            _check_finite_evaluation(test_metrics, 0, config, run_dir)
+            record = _epoch_record(0, optimizer.param_groups[0]["lr"], None, test_metrics, model,
+                                   0.0, None)
             if is_main:
                 runs.append_metrics(metrics_path, record)
         if is_main:
@@ -145,6 +267,7 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
         check_step_sizes(model, epoch + 1)
         # Evaluation needs no DDP: the plain module, or its own compiled wrapper.
         test_metrics = evaluate(evaluator, data.test, ctx, model)
+        _check_finite_evaluation(test_metrics, epoch + 1, config, run_dir)
         epoch_seconds = time.time() - epoch_start
         record = _epoch_record(epoch + 1, lr, train_metrics, test_metrics, model, epoch_seconds,
                                train_metrics["train_images"] / max(train_seconds, 1e-9))
