@@ -24,6 +24,8 @@ DATA_DIR ?=
 PROFILE  ?=
 ABLATION_SEEDS ?= 0 1
 TRAIN_ARGS ?=
+# Put before every training command: a cluster's launcher, e.g. "srun --ntasks=1 --gres=gpu:1 --exclusive".
+LAUNCH ?=
 REPORT_ARGS ?=
 # Trainings at once in `make smoke`.
 JOBS ?= $(shell nproc)
@@ -39,7 +41,7 @@ synthetic_PROFILE     := smoke
 
 # make -jN runs N trainings at once: each takes 1/N of the CPU cores (lsq.engine.host.share_cpu_threads).
 TRAIN = LSQ_PARALLEL_RUNS=$(patsubst -j%,%,$(filter -j%,$(MAKEFLAGS))) \
-        $(PY) -m lsq train --device $(DEVICE) --runs-dir $(RUNS) --no-progress \
+        $(LAUNCH) $(PY) -m lsq train --device $(DEVICE) --runs-dir $(RUNS) --no-progress \
         $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(TRAIN_ARGS)
 
 ##@ Setup
@@ -64,6 +66,8 @@ help: ## list targets and variables
 	@echo "  RUNS            run directory root (default: $(RUNS))"
 	@echo "  ABLATION_SEEDS  seeds of the ablation runs (default: $(ABLATION_SEEDS))"
 	@echo "  TRAIN_ARGS      extra arguments for every 'python -m lsq train' (e.g. --amp --channels-last, --weights FILE)"
+	@echo "  LAUNCH          put before every training command, e.g. LAUNCH=\"srun --ntasks=1 --gres=gpu:1 --exclusive\""
+	@echo "                  with make -j16: each row a Slurm job step (docs/parallel-runs.md)"
 	@echo "  REPORT_ARGS     extra arguments for 'python -m lsq report' (e.g. --no-notebooks)"
 	@echo "  SETUP_MIN_FREE_GIB  free disk make setup asks for before installing torch (default: $(SETUP_MIN_FREE_GIB))"
 
