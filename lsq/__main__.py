@@ -181,9 +181,20 @@ def main(argv: list[str] | None = None) -> int:
     _train_parser(sub)
 
     sub.add_parser("report", help="render the report (markdown + HTML site) from runs/", add_help=False)
-    p = sub.add_parser("export", help="export a finished run's integer weights")
+    p = sub.add_parser("export", help="export a run's integer weights (lsq-export), or its ONNX "
+                                      "graph evaluated by ONNX Runtime (--format onnx)")
     p.add_argument("run_dir")
-    p.add_argument("--out", help="output file (default: RUN_DIR/export.pt)")
+    p.add_argument("--out", help="output file (default: RUN_DIR/export.pt, or RUN_DIR/model.onnx)")
+    p.add_argument("--format", default="lsq", choices=["lsq", "onnx"],
+                   help="lsq: integer codes and step sizes (default); onnx: an ONNX graph, run "
+                        "with ONNX Runtime on the run's test set into RUN_DIR/deployed.json")
+    p.add_argument("--form", default="qdq", choices=["qdq", "qlinear", "integer"],
+                   help="with --format onnx: the graph's form (docs/deploy.md)")
+
+    sub.add_parser("mlflow", help="import run directories into an MLflow store (SQLite)",
+                   add_help=False)
+    sub.add_parser("tensorboard", help="rebuild every run's TensorBoard log from its metrics",
+                   add_help=False)
 
     p = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHES), add_help=False)
     p.add_argument("name", choices=BENCHES)
@@ -210,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare-runs":
             from lsq.compare import main as compare_main
             return compare_main(rest)
+        if args.command in ("mlflow", "tensorboard"):
+            from lsq.track import main as track_main
+            return track_main(rest, command=args.command)
         if args.command == "bench":
             import importlib
             return importlib.import_module(f"lsq.bench.{args.name}").main(rest)
@@ -222,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "check-data":
             return _check_data(args)
+        if args.command == "export" and args.format == "onnx":
+            from lsq.deploy import main as deploy_main
+            return deploy_main([args.run_dir, "--form", args.form]
+                               + (["--out", args.out] if args.out else []))
         if args.command == "export":
             from lsq.engine.checkpoint import export_run
             summary = export_run(args.run_dir, args.out)

@@ -56,10 +56,12 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def deployed(runs):
-    """Row 4 through the command line entry, row 1 through deploy_run."""
+    """Row 4 through `python -m lsq export --format onnx`, row 1 through deploy_run."""
+    from lsq.__main__ import main as lsq_main
+
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main([str(_run_dir(runs, 4)), "--format", "onnx"]) == 0
+        assert lsq_main(["export", str(_run_dir(runs, 4)), "--format", "onnx"]) == 0
     records = {4: json.loads((_run_dir(runs, 4) / DEPLOYED).read_text()),
                1: deploy_run(_run_dir(runs, 1))}
     return records, out.getvalue()

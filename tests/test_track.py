@@ -96,3 +96,26 @@ def test_mlflow_import_is_idempotent_and_replaces_a_retrained_run(tmp_path):
 def test_mlflow_import_of_a_missing_dir_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         import_runs(tmp_path / "nope", f"sqlite:///{tmp_path / 'm.db'}")
+
+
+def test_a_trained_run_logs_every_epoch_once_also_after_a_resume(tmp_path):
+    from dataclasses import replace
+
+    from lsq.config import make_config
+    from lsq.engine.run import fit
+
+    runs = tmp_path / "runs"
+    float_row = replace(make_config("synthetic", 0, "smoke").with_overrides(
+        "data.train_subset=64", "data.test_subset=32", "optim.batch_size=32"), device="cpu")
+    row = replace(make_config("synthetic", 1, "smoke").with_overrides(
+        "data.train_subset=64", "data.test_subset=32", "optim.batch_size=32", "optim.epochs=2"),
+        device="cpu")
+    fit(float_row, runs, progress=False, log=lambda *_: None)
+    fit(row, runs, progress=False, log=lambda *_: None)
+    run_dir = row.run_dir(runs)
+    assert scalar_steps(run_dir, "top1/test") == [0, 1, 2]
+    assert scalar_steps(run_dir, "loss/train") == [1, 2]
+    # Killed after its last checkpoint but before summary.json: the resume rebuilds the log.
+    (run_dir / "summary.json").unlink()
+    fit(row, runs, progress=False, log=lambda *_: None)
+    assert scalar_steps(run_dir, "top1/test") == [0, 1, 2]

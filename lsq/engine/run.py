@@ -37,6 +37,7 @@ from lsq.errors import ConfigError, NonFiniteLossError, TrainingError
 from lsq.experiments import get_table
 from lsq.quant.convert import quantizers
 from lsq.quant.inspect import model_metrics, step_size_params
+from lsq.track import TensorBoardLog
 
 def _flat(data: dict, prefix: str = "") -> dict:
     flat = {}
@@ -251,6 +252,11 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
         if is_main:
             save_checkpoint(checkpoint_path, model, optimizer, scheduler, 0, config, wall_before,
                              started_at)
+    # The TensorBoard log follows the checkpoint: rebuilt from the records it kept, then one
+    # epoch's scalars after each epoch's checkpoint (lsq.track).
+    tensorboard = TensorBoardLog(run_dir) if is_main else None
+    if tensorboard is not None:
+        tensorboard.rebuild(runs.read_metrics(metrics_path))
 
     # What this process spent before its first step (imports, data, model, calibration, the
     # epoch-0 evaluation): the cost of starting a run, which epoch_seconds never sees. A row that
@@ -278,6 +284,7 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
             wall = wall_before + time.time() - started
             save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch + 1, config, wall,
                              started_at)
+            tensorboard.write(record)
             log(f"{config.dataset}/{config.profile}/{config.run_name}/seed{config.seed} "
                 f"epoch {epoch + 1}/{config.optim.epochs}: loss {record['train_loss']:.4f} "
                 f"test top-1 {record['test_top1']:.2f}% ({epoch_seconds:.1f}s, "
@@ -290,6 +297,7 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
         summary = _summary(config, run_dir, data, device, wall_before + time.time() - started,
                            started_at, compiled=compile_model, cuda_graphs=cuda_graphs)
         runs.write_json(summary_path, summary)
+        tensorboard.close()
         log(f"{run_dir}: done, final top-1 {summary['final_top1']:.2f}%")
     if world_size > 1:
         dist.barrier()
