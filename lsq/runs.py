@@ -129,9 +129,25 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException as error:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+        interrupt = _interrupt_behind(error)
+        if interrupt is not None and interrupt is not error:
+            # Ctrl-C or SIGTERM inside torch.save: its zip writer then fails on the torn stream
+            # and hides the interrupt; the interrupt is what happened.
+            raise interrupt from None
         if isinstance(error, Exception) and _is_disk_full(error, path):
             raise DiskFullError(disk_full_message(path)) from error
         raise
+
+
+def _interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt ``error`` is, or was raised while handling, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__context__
+    return None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

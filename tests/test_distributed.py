@@ -69,4 +69,5 @@ def test_ddp_trains_float_and_lsq_rows_and_resumes(tmp_path):
     assert all(v["min"] > 0 for v in after[-1]["step_sizes"].values())
     assert (row_dir / "summary.json").exists()
     # Only rank 0 writes: no stray files from rank 1.
-    assert {p.name for p in row_dir.iterdir()} == {"config.yaml", "metrics.jsonl", "checkpoint.pt", "summary.json"}
+    assert {p.name for p in row_dir.iterdir()} == {"config.yaml", "metrics.jsonl", "checkpoint.pt", "summary.json",
+                                                "tensorboard"}

@@ -44,7 +44,7 @@ def test_run_directory_is_complete(finished_runs):
     for row in (0, 4):
         directory = run_dir(finished_runs, row)
         assert {p.name for p in directory.iterdir()} == {
-            "config.yaml", "metrics.jsonl", "checkpoint.pt", "summary.json"}
+            "config.yaml", "metrics.jsonl", "checkpoint.pt", "summary.json", "tensorboard"}
         config = RunConfig.from_yaml(directory / "config.yaml")
         assert config.row == row and config.optim.epochs == 2
         records = runfmt.read_metrics(directory / "metrics.jsonl")
