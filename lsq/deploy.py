@@ -58,9 +58,13 @@ def _onnxruntime():
 # --- a run's model ------------------------------------------------------------------------------
 
 
+EXPORT_FILE = "export.pt"  # python -m lsq export RUN_DIR (lsq.engine.checkpoint.export_run)
+
+
 def load_run_model(run_dir: str | Path):
-    """``(config, model)`` of a quantized run, the model loaded from its checkpoint, in eval
-    mode; an :class:`ExportError` for anything that is not such a run."""
+    """``(config, model)`` of a quantized run, the model loaded from its checkpoint (or, without
+    one, its integer export), in eval mode; an :class:`ExportError` for anything that is not
+    such a run."""
     from lsq.config import RunConfig
     from lsq.engine.checkpoint import load_checkpoint
     from lsq.engine.recipe import build_run_model
@@ -73,12 +77,19 @@ def load_run_model(run_dir: str | Path):
     if config.quant.is_float:
         raise ExportError(f"{run_dir} is a float run (row {config.row}): it has no quantized "
                           "layers to deploy; export a quantized row (1-4)")
-    if not (run_dir / runs.CHECKPOINT).is_file():
-        raise ExportError(f"{run_dir} has no {runs.CHECKPOINT}: train the run first "
-                          f"(python -m lsq train --dataset {config.dataset} --row {config.row} "
-                          f"--profile {config.profile} --seed {config.seed})")
     model = build_run_model(config)
-    model.load_state_dict(load_checkpoint(run_dir / runs.CHECKPOINT, keys=("model",))["model"])
+    if (run_dir / runs.CHECKPOINT).is_file():
+        model.load_state_dict(load_checkpoint(run_dir / runs.CHECKPOINT, keys=("model",))["model"])
+    elif (run_dir / EXPORT_FILE).is_file():
+        # A finished run committed without its checkpoint keeps its compact integer export: the
+        # weights are on the grid, so the model computes what the trained one computed.
+        from lsq.quant.export import apply_export, load_export
+
+        apply_export(model, load_export(run_dir / EXPORT_FILE))
+    else:
+        raise ExportError(f"{run_dir} has no {runs.CHECKPOINT} and no {EXPORT_FILE}: train the run "
+                          f"first (python -m lsq train --dataset {config.dataset} --row "
+                          f"{config.row} --profile {config.profile} --seed {config.seed})")
     return config, model.eval()
 
 

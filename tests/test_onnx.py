@@ -223,3 +223,16 @@ def test_errors(runs, tmp_path):
     with contextlib.redirect_stderr(err):
         assert main([str(float_run)]) == 2
     assert err.getvalue().startswith("error: ") and err.getvalue().count("\n") == 1
+
+
+def test_a_run_committed_with_its_integer_export_only_deploys_the_same(runs, deployed, tmp_path):
+    from lsq.engine.checkpoint import export_run
+
+    committed = tmp_path / "synthetic" / "smoke" / "row4" / "seed0"
+    shutil.copytree(_run_dir(runs, 4), committed)
+    export_run(committed)
+    (committed / runfmt.CHECKPOINT).unlink()
+    record = deploy_run(committed)
+    before = deployed[0][4]
+    assert (record["top1"], record["pytorch_top1"], record["disagreements"]) == (
+        before["top1"], before["pytorch_top1"], before["disagreements"])
