@@ -478,3 +478,21 @@ def test_summary_identity_comes_from_the_path(tmp_path):
     with pytest.warns(RunWarning, match="disagrees with the path"):
         loaded = load_runs(tmp_path)
     assert loaded.summaries["seed"].tolist() == [3]
+
+
+def test_deployed_runs_show_onnx_runtime_beside_pytorch(tmp_path):
+    deployed = write_run(tmp_path, "fashion-mnist", "quick", "row1", 0, 80.0)
+    write_run(tmp_path, "fashion-mnist", "quick", "row2", 0, 79.0)  # not deployed: no row
+    broken = write_run(tmp_path, "fashion-mnist", "quick", "row3", 0, 76.0)
+    (deployed / "deployed.json").write_text(json.dumps({
+        "form": "qdq", "test_images": 10000, "pytorch_top1": 80.0, "top1": 79.99,
+        "agreement": 0.9995, "integer_kernel_fraction": 0.0, "onnx_bytes": 298569}))
+    (deployed / "export.pt").write_bytes(b"x" * 121000)
+    (broken / "deployed.json").write_text("{")
+    runs = load_runs(tmp_path)
+    with pytest.warns(UserWarning, match="row3/seed0/deployed.json is unreadable"):
+        table = tables.deployed_table(tmp_path, runs.summaries)
+    assert table.to_dict("records") == [{
+        "run": "fashion-mnist/quick/row1/seed0", "form": "qdq", "test images": "10,000",
+        "PyTorch top-1": "80.00", "ONNX Runtime top-1": "79.99", "same class": "99.95%",
+        "integer kernels": "0%", "ONNX kB": "299", "integer export kB": "121"}]

@@ -89,6 +89,7 @@ class Page:
     analysis_figures: dict[str, list[FigureLink]] = field(default_factory=dict)
     notebooks: dict[str, str] = field(default_factory=dict)  # kind -> html file (site-relative)
     problems: list[str] = field(default_factory=list)
+    deployed: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs evaluated by ONNX Runtime
     reproduction: str = ""  # what `make reproduce` found, from <runs>/<dataset>/<profile>/reproduction.json
     stand_in: str = ""  # why this dataset stands in for a published one (tables.stand_in_note)
     longer: list["Page"] = field(default_factory=list)  # this dataset's longer profiles with runs
@@ -178,6 +179,7 @@ def _page(runs: Runs) -> Page:
         has_analysis=analysis.has_ablations(summaries, runs.in_progress),
         problems=[p for p in runs.problems if p.startswith(f"{dataset}/{profile}/")],
         stand_in=tables.stand_in_note(dataset),
+        deployed=tables.deployed_table(runs.root, summaries),
     )
     reproduction = runs.root / dataset / profile / REPRODUCTION
     if reproduction.exists():
