@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from lsq.config import RunConfig
+from lsq.config import SCHEDULERS, RunConfig
 from lsq.engine.step import Context, TrainStep, first_nonfinite_layer
 from lsq.errors import NonFiniteLossError, TrainingError
 from lsq.experiments import get_table
@@ -79,7 +79,8 @@ def lr_factor(schedule: str, step: int, total_steps: int) -> float:
         return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
     if schedule == "constant":
         return 1.0
-    raise TrainingError(f"unknown scheduler {schedule!r}; choose cosine, step or constant")
+    raise TrainingError(f"unknown scheduler {schedule!r}; choose one of {list(SCHEDULERS)}")
+
 
 def build_scheduler(optimizer, config: RunConfig, steps_per_epoch: int):
     total = config.optim.epochs * steps_per_epoch
