@@ -118,9 +118,14 @@ class QuantConfig:
     init_scale: float = 1.0
     init_method: str = "lsq"  # lsq | maxabs
     grad_scale: bool = True
+    # With quantize_first_last: the first and last layer's own levels (the LSQ paper keeps them at
+    # 8 bits, "[-128..127]" and "[0..255]"); None quantizes them like every other layer.
+    first_last_weight_levels: str | None = None
+    first_last_act_levels: str | None = None
 
     def __post_init__(self):
-        for name in ("weight_levels", "act_levels"):
+        for name in ("weight_levels", "act_levels", "first_last_weight_levels",
+                     "first_last_act_levels"):
             try:
                 parse_levels(getattr(self, name))
             except ConfigError as error:

@@ -49,10 +49,17 @@ def unsigned_levels(bits: int) -> Levels:
 
 
 def parse_levels(text: str | None) -> Levels | None:
-    """Parse the published table's notation: ``"[-1,0,1]"`` -> ``(-1, 1)``; ``"none"`` -> None."""
+    """Parse the published table's notation: ``"[-1,0,1]"`` -> ``(-1, 1)``; ``"none"`` -> None;
+    a range too long to list as ``"[-128..127]"``."""
     if text is None or text.strip().lower() in ("none", "", "float"):
         return None
     body = text.strip().strip("[]")
+    if ".." in body:
+        low, _, high = body.partition("..")
+        try:
+            return check_levels(int(low), int(high))
+        except ValueError:
+            raise ConfigError(f"cannot parse level set {text!r}; expected e.g. '[-128..127]'") from None
     try:
         values = [int(part) for part in body.split(",")]
     except ValueError:
@@ -66,4 +73,9 @@ def format_levels(levels: Levels | None) -> str:
     """Inverse of :func:`parse_levels`: ``(-1, 1)`` -> ``"[-1,0,1]"``."""
     if levels is None:
         return "none"
+    if levels[1] - levels[0] >= LISTED_LEVELS:
+        return f"[{levels[0]}..{levels[1]}]"
     return "[" + ",".join(str(v) for v in range(levels[0], levels[1] + 1)) + "]"
+
+
+LISTED_LEVELS = 8  # up to 8 levels (3 bits) are written out as the seed table writes them

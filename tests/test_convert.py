@@ -337,3 +337,33 @@ def test_only_a_relu_called_once_and_read_by_one_conv_alone_is_absorbed():
             return self.conv2(self.fed(self.conv1(x))) if x.sum() > 0 else x
 
     assert relus_feeding_one_conv(Untraceable()) == {}
+
+
+def test_first_and_last_layer_take_their_own_levels(resnet20):
+    from lsq.levels import signed_levels, unsigned_levels
+
+    model = quantize_model(resnet20, weight_levels=(-1, 1), act_levels=(0, 3), quantize_first_last=True,
+                           first_last_weight_levels=signed_levels(8),
+                           first_last_act_levels=unsigned_levels(8))
+    levels = {name: (q.q_min, q.q_max) for name, q in quantizers(model)}
+    assert levels["conv1.weight_quantizer"] == levels["fc.weight_quantizer"] == (-128, 127)
+    assert levels["fc.input_quantizer"] == (0, 255)
+    assert "conv1.input_quantizer" not in levels  # the normalised image stays float
+    inner = {v for k, v in levels.items() if not k.startswith(("conv1.", "fc."))}
+    assert inner == {(-1, 1), (0, 3)}
+
+
+def test_first_last_levels_in_the_config_round_trip_through_yaml():
+    from lsq.config import ConfigError, RunConfig, make_config
+    from lsq.engine.recipe import build_run_model
+    from lsq.levels import format_levels, parse_levels
+
+    assert parse_levels("[-128..127]") == (-128, 127) and format_levels((0, 255)) == "[0..255]"
+    assert format_levels((0, 3)) == "[0,1,2,3]"  # short sets stay as the seed table writes them
+    config = make_config("synthetic", 4, "smoke").with_overrides(
+        "quant.first_last_weight_levels=[-128..127]", "quant.first_last_act_levels=[0..255]")
+    assert RunConfig.from_dict(config.to_dict()) == config
+    levels = {name: (q.q_min, q.q_max) for name, q in quantizers(build_run_model(config))}
+    assert levels["fc.weight_quantizer"] == (-128, 127) and levels["fc.input_quantizer"] == (0, 255)
+    with pytest.raises(ConfigError, match="quant.first_last_weight_levels"):
+        config.with_overrides("quant.first_last_weight_levels=[3..1]")

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from lsq.config import SCHEDULERS, RunConfig
+from lsq.levels import parse_levels
 from lsq.engine.step import Context, TrainStep, first_nonfinite_layer
 from lsq.errors import NonFiniteLossError, TrainingError
 from lsq.experiments import get_table
@@ -49,6 +50,8 @@ def build_run_model(config: RunConfig, *, float_state: dict | None = None) -> nn
             weight_levels=q.weight_range,
             act_levels=q.act_range,
             quantize_first_last=q.quantize_first_last,
+            first_last_weight_levels=parse_levels(q.first_last_weight_levels),
+            first_last_act_levels=parse_levels(q.first_last_act_levels),
             per_channel=q.per_channel,
             init_scale=q.init_scale,
             init_method=q.init_method,

@@ -50,13 +50,17 @@ def quantize_model(
     quantize_first_last: bool = False,
     per_channel: bool = False,
     first_last_names: tuple[str, str] | None = None,
+    first_last_weight_levels: Levels | None = None,
+    first_last_act_levels: Levels | None = None,
     absorb_relus: bool = True,
     **quantizer_options,
 ) -> nn.Module:
     """Replace every Conv2d/Linear of ``model`` in place with its quantized twin; returns it.
 
     ``quantizer_options`` (``init_scale``, ``init_method``, ``use_grad_scale``) go to every
-    :class:`~lsq.quant.quantizer.LsqQuantizer` (ablations).
+    :class:`~lsq.quant.quantizer.LsqQuantizer` (ablations). With ``quantize_first_last``, the
+    first and last layer's weights take ``first_last_weight_levels`` and the last layer's input
+    ``first_last_act_levels`` where given (the LSQ paper's 8 bits), else the others' levels.
     """
     if weight_levels is None and act_levels is None:
         raise ValueError("quantize_model needs weight_levels or act_levels (or both)")
@@ -65,18 +69,20 @@ def quantize_model(
     if act_levels is not None:
         act_levels = check_levels(*act_levels)
     first, last = _first_last_names(model, first_last_names)
+    edge_weights = check_levels(*first_last_weight_levels) if first_last_weight_levels else weight_levels
+    edge_acts = check_levels(*first_last_act_levels) if first_last_act_levels else act_levels
 
-    def weight_quantizer(module):
-        if weight_levels is None:
+    def weight_quantizer(module, levels):
+        if levels is None:
             return None
-        return LsqQuantizer(*weight_levels, kind="weight", per_channel=per_channel,
+        return LsqQuantizer(*levels, kind="weight", per_channel=per_channel,
                             num_channels=module.weight.shape[0] if per_channel else None,
                             **quantizer_options)
 
-    def input_quantizer():
-        if act_levels is None:
+    def input_quantizer(levels):
+        if levels is None:
             return None
-        return LsqQuantizer(*act_levels, kind="activation", **quantizer_options)
+        return LsqQuantizer(*levels, kind="activation", **quantizer_options)
 
     replacements = {}
     for name, module in model.named_modules():
@@ -85,11 +91,12 @@ def quantize_model(
         if name in (first, last) and not quantize_first_last:
             continue
         quantize_input = name != first
+        edge = name in (first, last)
         twin = QConv2d if isinstance(module, nn.Conv2d) else QLinear
         replacements[name] = twin.from_float(
             module,
-            weight_quantizer=weight_quantizer(module),
-            input_quantizer=input_quantizer() if quantize_input else None,
+            weight_quantizer=weight_quantizer(module, edge_weights if edge else weight_levels),
+            input_quantizer=input_quantizer(edge_acts if edge else act_levels) if quantize_input else None,
         )
     if absorb_relus and act_levels is not None and act_levels[0] == 0:
         feeds = relus_feeding_one_conv(model)
