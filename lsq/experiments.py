@@ -145,6 +145,35 @@ DATASETS = tuple(TABLES)
 PROFILES = ("paper", "full", "quick", "smoke")
 
 
+# --- the published protocol, element by element (None: the source does not say) -----------------
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a published table was trained, as its source states it. The report's protocol audit
+    compares every run's config.yaml with it (lsq.report.audit)."""
+
+    source: str
+    network: str
+    optimizer: str  # e.g. "SGD, momentum 0.9"
+    lr_schedule: str
+    quantized_epochs: int
+    batch_size: int | None = None
+    weight_decay: float | None = None
+    step_size_init: str | None = None
+    gradient_scale: str | None = None
+    first_last_precision: str | None = None
+    float_baseline: str | None = None
+    distillation: str | None = None
+
+
+_SEED_SOURCE = "the seed repository's README (lsq-reference-results.md)"
+PROTOCOLS: dict[str, Protocol] = {
+    "cifar10": Protocol(_SEED_SOURCE, "resnet20", "SGD, momentum 0.9", "cosine", 90),
+    "imagenet": Protocol(_SEED_SOURCE, "resnet18", "SGD, momentum 0.9", "cosine", 90),
+}
+
+
 def get_table(dataset: str) -> Table:
     try:
         return TABLES[dataset]

@@ -496,3 +496,27 @@ def test_deployed_runs_show_onnx_runtime_beside_pytorch(tmp_path):
         "run": "fashion-mnist/quick/row1/seed0", "form": "qdq", "test images": "10,000",
         "PyTorch top-1": "80.00", "ONNX Runtime top-1": "79.99", "same class": "99.95%",
         "integer kernels": "0%", "ONNX kB": "299", "integer export kB": "121"}]
+
+
+def test_protocol_audit_is_derived_from_the_runs_configs(tmp_path):
+    from lsq.config import make_config
+    from lsq.report import audit
+
+    for row in (0, 1):
+        write_run(tmp_path, "fashion-mnist", "quick", f"row{row}", 0, 80.0)
+    changed = write_run(tmp_path, "fashion-mnist", "quick", "row3", 0, 76.0)
+    (changed / "config.yaml").write_text(
+        make_config("fashion-mnist", 3, "quick").with_overrides("optim.lr=0.05").to_yaml())
+    runs = load_runs(tmp_path).select("fashion-mnist", "quick")
+    lines = {line["element"]: line for line in
+             audit.audit_table(tmp_path, "fashion-mnist", runs.summaries).to_dict("records")}
+    assert lines["network"]["verdict"] == audit.MATCHES
+    assert lines["dataset"]["verdict"].startswith("departs: Fashion-MNIST")  # the stand-in
+    assert lines["quantized epochs"]["verdict"] == "departs: 2 instead of 90"
+    assert lines["row 3: base lr"]["verdict"] == "departs: 0.05 instead of 0.01"
+    assert lines["row 1: base lr"]["verdict"] == audit.MATCHES
+    assert lines["row 2: weight levels"]["these runs"] == "no run"
+    assert lines["batch size"] == {"element": "batch size", "published": "—", "these runs": "128",
+                                   "verdict": audit.NOT_STATED}
+    # A table that stands in for nothing published has no protocol to audit.
+    assert audit.audit_table(tmp_path, "synthetic", runs.summaries).empty

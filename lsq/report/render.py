@@ -21,7 +21,7 @@ import pandas as pd
 
 from lsq.errors import ConfigError
 from lsq.experiments import TABLES, get_table
-from lsq.report import analysis, claims, figures, speed, tables
+from lsq.report import analysis, audit, claims, figures, speed, tables
 from lsq.report.collect import Runs, load_runs, profile_rank
 from lsq.report.html import TEMPLATES, environment
 from lsq.report.notebooks import notebook_body, pygments_css, run_notebooks
@@ -90,9 +90,14 @@ class Page:
     notebooks: dict[str, str] = field(default_factory=dict)  # kind -> html file (site-relative)
     problems: list[str] = field(default_factory=list)
     deployed: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs evaluated by ONNX Runtime
+    audit: pd.DataFrame = field(default_factory=pd.DataFrame)  # lsq.report.audit
     reproduction: str = ""  # what `make reproduce` found, from <runs>/<dataset>/<profile>/reproduction.json
     stand_in: str = ""  # why this dataset stands in for a published one (tables.stand_in_note)
     longer: list["Page"] = field(default_factory=list)  # this dataset's longer profiles with runs
+
+    @property
+    def audit_source(self) -> str:
+        return audit.source(self.dataset)
 
     @property
     def slug(self) -> str:
@@ -180,6 +185,7 @@ def _page(runs: Runs) -> Page:
         problems=[p for p in runs.problems if p.startswith(f"{dataset}/{profile}/")],
         stand_in=tables.stand_in_note(dataset),
         deployed=tables.deployed_table(runs.root, summaries),
+        audit=audit.audit_table(runs.root, dataset, summaries),
     )
     reproduction = runs.root / dataset / profile / REPRODUCTION
     if reproduction.exists():
