@@ -53,7 +53,8 @@ import argparse  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
 from lsq.errors import ConfigError, LsqError  # noqa: E402
-from lsq.experiments import ABLATIONS, DATASETS, PROFILES, TABLES, ablation_rows  # noqa: E402
+from lsq.experiments import (ABLATIONS, DATASETS, PROFILES, SEED_FACTORS, TABLES,  # noqa: E402
+                             ablation_rows)
 
 BENCHES = ("quantizer", "data", "train", "imagenet")
 # What `python -m lsq list` prints: the one copy of each list, read by the Makefile.
@@ -61,7 +62,7 @@ LISTS = {
     "datasets": lambda profile: DATASETS,
     "rows": lambda profile: [row.id for row in TABLES["cifar10"].rows],
     "profiles": lambda profile: PROFILES,
-    "ablations": lambda profile: [a.name for a in ABLATIONS],
+    "ablations": lambda profile: [a.name for a in ABLATIONS if a.factor in SEED_FACTORS],
     "ablation-rows": ablation_rows,
 }
 

@@ -94,6 +94,7 @@ class OptimConfig:
     scheduler: str = "cosine"  # cosine | step | constant
     step_size_lr_factor: float = 1.0
     step_size_weight_decay: float = 0.0
+    distill: bool = False  # quantized rows: distil the run's own float baseline (T = 1, 1:1)
 
     def __post_init__(self):
         # 0 epochs: evaluate only (ImageNet's pretrained row 0; a quantized row's calibration).
@@ -172,6 +173,9 @@ class RunConfig:
         _check_int("seed", self.seed, 0)
         if self.seed > MAX_SEED:
             raise _bad("seed", "below 2**63 (torch seeds are 64-bit)", self.seed)
+        if self.optim.distill and table.row(self.row).is_float:
+            raise ConfigError("optim.distill (--distill) trains a quantized row (1-4) against its "
+                              "float baseline as teacher; row 0 is that baseline")
         if self.ablation:
             get_ablation(self.ablation)  # unknown names raise, listing the known ones
             if table.row(self.row).is_float:

@@ -311,7 +311,11 @@ ABLATIONS: tuple[Ablation, ...] = (
     Ablation("no-gradscale", "step_lr", "grad scale g off", ("quant.grad_scale=false",)),
     Ablation("sched-step", "scheduler", "step lr", ("optim.scheduler=step",)),
     Ablation("sched-constant", "scheduler", "constant lr", ("optim.scheduler=constant",)),
+    # The LSQ paper's distillation (teacher: the run's own float baseline, T = 1, 1:1 with the
+    # cross-entropy); not one of the seed's factors, so `make ablations` leaves it out.
+    Ablation("distill", "distillation", "distilled from the float baseline", ("optim.distill=true",)),
 )
+SEED_FACTORS = ("step_init", "step_lr", "scheduler")  # what the seed's analysis names
 ABLATION_BASELINE_VALUES = {
     "step_init": "LSQ init x1",
     "step_lr": "step-size lr x1, g on",

@@ -215,3 +215,67 @@ def test_odd_size_batch_skips_the_wrapper_only_in_one_process(world_size, wrappe
     step = TrainStep(wrapper, optimizer, ctx, eager_model=model)
     _train(model, scheduler, step, batches)  # 6 full batches, then one of 5 images
     assert wrapper.calls == wrapper_calls
+
+
+# --- distillation (the LSQ paper's: teacher = the run's own float baseline, T = 1, 1:1) ----------
+
+
+def test_distillation_term_is_the_kl_to_the_teacher_and_zero_for_the_same_logits():
+    from lsq.engine.step import distillation_loss
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(16, 10, dtype=torch.float64), torch.randn(16, 10, dtype=torch.float64)
+    assert distillation_loss(student, student).item() == pytest.approx(0.0, abs=1e-12)
+    p = teacher.softmax(1)
+    expected = (p * (p.log() - student.log_softmax(1))).sum(1).mean()  # KL(teacher || student)
+    assert distillation_loss(student, teacher).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_a_distilled_step_trains_the_student_only_and_adds_the_kl_to_its_loss():
+    model, optimizer, scheduler, plain, batches = _setup(4)
+    teacher = build_run_model(make_config("synthetic", 0, "smoke")).eval().requires_grad_(False)
+    before = copy.deepcopy(teacher.state_dict())
+    distilled = TrainStep(model, optimizer, plain.ctx, teacher=teacher)
+    reference = copy.deepcopy(model)
+    images, labels = batches[0]
+    model.train()
+    distilled(images, labels)
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    reference.train()
+    with torch.no_grad():
+        logits = reference(images)
+        expected = F.cross_entropy(logits, labels) + F.kl_div(
+            logits.log_softmax(1), teacher(images).log_softmax(1), log_target=True,
+            reduction="batchmean")
+    assert distilled.tallies()[0].item() == pytest.approx(expected.item() * 8, rel=1e-4)
+
+
+def test_distillation_is_a_row_setting_of_the_quantized_rows_only():
+    from lsq.config import ConfigError
+
+    config = make_config("synthetic", 4, "smoke", ablation="distill")
+    assert config.optim.distill and config.run_name == "row4-distill"
+    with pytest.raises(ConfigError, match="distill"):
+        make_config("synthetic", 0, "smoke").with_overrides("optim.distill=true")
+
+
+def test_a_distilled_run_trains_against_its_own_float_baseline(tmp_path):
+    from dataclasses import replace
+
+    from lsq import runs as runfmt
+    from lsq.engine.run import fit
+
+    small = ("data.train_subset=64", "data.test_subset=32", "optim.batch_size=32")
+
+    def config(row, ablation=None):
+        return replace(make_config("synthetic", row, "smoke", ablation=ablation).with_overrides(*small),
+                       device="cpu")
+
+    for run in (config(0), config(1), config(1, "distill")):
+        fit(run, tmp_path, progress=False, log=lambda *_: None)
+    plain, distilled = (runfmt.read_metrics(config(1, a).run_dir(tmp_path) / runfmt.METRICS)[-1]
+                        for a in (None, "distill"))
+    # Same start and batches: the recorded training loss adds the KL term.
+    assert distilled["train_loss"] != plain["train_loss"]
+    assert runfmt.read_summary(config(1, "distill").run_dir(tmp_path))["ablation"] == "distill"

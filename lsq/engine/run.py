@@ -232,7 +232,8 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
     # After calibration: DDP broadcasts rank 0's step sizes with every other parameter.
     train_model = wrap_model(model, compile_model, device, world_size)
     evaluator = eval_model(model, compile_model, device)
-    step = TrainStep(train_model, optimizer, ctx, eager_model=model)
+    step = TrainStep(train_model, optimizer, ctx, eager_model=model,
+                     teacher=_teacher(config, float_state, device) if config.optim.distill else None)
     if is_main and device.type == "cuda":
         log(f"CUDA fast path: torch.compile {'on' if compile_model else 'off'}, CUDA graphs "
             f"{'on' if cuda_graphs else 'off'}, amp {'bf16' if config.amp else 'off'}, "
@@ -345,6 +346,14 @@ def build_run(config: RunConfig, device: torch.device, rank: int, world_size: in
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, len(data.train))
     return _Run(data, ctx, model, optimizer, scheduler, compile_model, cuda_graphs, train_steps)
+
+def _teacher(config: RunConfig, float_state: dict, device: torch.device) -> nn.Module:
+    """The run's own float baseline, frozen in eval mode: the distillation teacher."""
+    teacher = build_run_model(config.baseline(), float_state=float_state).to(device).eval()
+    if config.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return teacher.requires_grad_(False)
+
 
 def _epoch_record(epoch: int, lr: float, train_metrics: dict | None, test_metrics: dict,
                   model: nn.Module, epoch_seconds: float, images_per_second: float | None) -> dict:

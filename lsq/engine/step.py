@@ -101,6 +101,16 @@ def first_nonfinite_layer(model: nn.Module, images: torch.Tensor, ctx: Context) 
     return found[0] if found else None
 
 
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """The LSQ paper's distillation term, added 1:1 to the cross-entropy:
+    ``T^2 * KL(softmax(t / T) || softmax(s / T))``, mean over the batch, with temperature
+    ``T = 1`` as the paper uses; zero when student and teacher agree."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits.float() / t, 1), F.log_softmax(teacher_logits.float() / t, 1),
+                    log_target=True, reduction="batchmean") * (t * t)
+
+
 class TrainStep:
     """``step(images, labels)`` trains on one batch; ``tallies()`` reads the epoch's sums.
 
@@ -113,11 +123,14 @@ class TrainStep:
             a non-finite layer.
         fused_update: update with the fused SGD kernel and device-tensor lrs even without
             graphs (on by itself with graphs; lets CPU tests check that path).
+        teacher: a frozen model whose logits the loss distils (:func:`distillation_loss`).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, ctx: Context, *,
-                 eager_model: nn.Module | None = None, fused_update: bool | None = None):
+                 eager_model: nn.Module | None = None, fused_update: bool | None = None,
+                 teacher: nn.Module | None = None):
         self.model = model
+        self.teacher = teacher
         self.eager_model = eager_model if eager_model is not None else model
         self.optimizer = optimizer
         self.ctx = ctx
@@ -201,6 +214,10 @@ class TrainStep:
         with self.ctx.autocast():
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(images)
+                loss = loss + distillation_loss(logits, teacher_logits)
         finite = torch.isfinite(loss.detach())
         self.bad_step.copy_(torch.where((self.bad_step == NO_BAD_STEP) & ~finite,
                                         self.step_index, self.bad_step))
