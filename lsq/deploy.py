@@ -1,6 +1,6 @@
 """Deployment of a quantized run: its ONNX graph, evaluated with ONNX Runtime on the CPU.
 
-``deploy_run(run_dir)`` rebuilds the run's model from ``config.yaml`` and ``checkpoint.pt``,
+``deploy_run(run_dir)`` rebuilds the run's model from ``config.yaml`` and ``checkpoint.pt`` (or ``export.pt``),
 writes ``model.onnx`` (:mod:`lsq.quant.onnx_export`; the graph and its forms: docs/deploy.md),
 runs it with ONNX Runtime's CPUExecutionProvider over the run's test set (its ``test_subset``,
 if it has one) beside the PyTorch model, and writes ``deployed.json``: top-1 and top-5, the
@@ -27,12 +27,13 @@ import torch
 from torch import nn
 
 from lsq import runs
+from lsq.engine.checkpoint import load_run_model
 from lsq.errors import ExportError, LsqError
 from lsq.quant.onnx_export import FORMS, INPUT, OPSET, OUTPUT, to_onnx
 
 ONNX_FILE = "model.onnx"
 OPTIMIZED_SUFFIX = ".optimized.onnx"
-DEPLOYED = "deployed.json"
+DEPLOYED = runs.DEPLOYED
 PROVIDER = "CPUExecutionProvider"
 # float32 rounding alone moves ResNet logits far less than this; an image whose logits move more
 # had some activation code rounded the other way (a value within rounding error of a boundary).
@@ -57,40 +58,6 @@ def _onnxruntime():
 
 # --- a run's model ------------------------------------------------------------------------------
 
-
-EXPORT_FILE = "export.pt"  # python -m lsq export RUN_DIR (lsq.engine.checkpoint.export_run)
-
-
-def load_run_model(run_dir: str | Path):
-    """``(config, model)`` of a quantized run, the model loaded from its checkpoint (or, without
-    one, its integer export), in eval mode; an :class:`ExportError` for anything that is not
-    such a run."""
-    from lsq.config import RunConfig
-    from lsq.engine.checkpoint import load_checkpoint
-    from lsq.engine.recipe import build_run_model
-
-    run_dir = Path(run_dir)
-    if not (run_dir / runs.CONFIG).is_file():
-        raise ExportError(f"{run_dir} is not a run directory (no {runs.CONFIG}); pass one like "
-                          "runs/<dataset>/<profile>/row<k>/seed<s>")
-    config = RunConfig.from_yaml(run_dir / runs.CONFIG)
-    if config.quant.is_float:
-        raise ExportError(f"{run_dir} is a float run (row {config.row}): it has no quantized "
-                          "layers to deploy; export a quantized row (1-4)")
-    model = build_run_model(config)
-    if (run_dir / runs.CHECKPOINT).is_file():
-        model.load_state_dict(load_checkpoint(run_dir / runs.CHECKPOINT, keys=("model",))["model"])
-    elif (run_dir / EXPORT_FILE).is_file():
-        # A finished run committed without its checkpoint keeps its compact integer export: the
-        # weights are on the grid, so the model computes what the trained one computed.
-        from lsq.quant.export import apply_export, load_export
-
-        apply_export(model, load_export(run_dir / EXPORT_FILE))
-    else:
-        raise ExportError(f"{run_dir} has no {runs.CHECKPOINT} and no {EXPORT_FILE}: train the run "
-                          f"first (python -m lsq train --dataset {config.dataset} --row "
-                          f"{config.row} --profile {config.profile} --seed {config.seed})")
-    return config, model.eval()
 
 
 def _input_shape(config) -> tuple[int, int, int, int]:

@@ -38,6 +38,8 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
+EXPORT = "export.pt"  # python -m lsq export RUN_DIR: the compact integer weights
+DEPLOYED = "deployed.json"  # python -m lsq export RUN_DIR --format onnx: ONNX Runtime's results
 LOCK = ".lock"
 WRITTEN = (CONFIG, METRICS, CHECKPOINT, SUMMARY)  # each replaced atomically by atomic_write
 

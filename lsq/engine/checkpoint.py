@@ -103,26 +103,43 @@ def baseline_state(config: RunConfig, runs_dir: Path) -> dict:
     return load_checkpoint(baseline_checkpoint(config, runs_dir))["model"]
 
 
-def export_run(run_dir: str | Path, out_path: str | Path | None = None) -> dict:
-    """Export a finished (or checkpointed) quantized run: writes ``export.pt``, returns the summary.
+def load_run_model(run_dir: str | Path):
+    """``(config, model)`` of a quantized run, the model loaded from its checkpoint (or, without
+    one, its integer export), in eval mode; an :class:`ExportError` for anything that is not
+    such a run."""
+    run_dir = Path(run_dir)
+    if not (run_dir / runs.CONFIG).is_file():
+        raise ExportError(f"{run_dir} is not a run directory (no {runs.CONFIG}); pass one like "
+                          "runs/<dataset>/<profile>/row<k>/seed<s>")
+    config = RunConfig.from_yaml(run_dir / runs.CONFIG)
+    if config.quant.is_float:
+        raise ExportError(f"{run_dir} is a float run (row {config.row}): it has no quantized "
+                          "layers to deploy; export a quantized row (1-4)")
+    model = build_run_model(config)
+    if (run_dir / runs.CHECKPOINT).is_file():
+        model.load_state_dict(load_checkpoint(run_dir / runs.CHECKPOINT, keys=("model",))["model"])
+    elif (run_dir / runs.EXPORT).is_file():
+        # A finished run committed without its checkpoint keeps its compact integer export: the
+        # weights are on the grid, so the model computes what the trained one computed.
+        from lsq.quant.export import apply_export, load_export
 
-    The model is rebuilt from ``run_dir/config.yaml`` with :func:`lsq.engine.recipe.build_run_model` and
-    loaded from ``run_dir/checkpoint.pt`` (key ``"model"``).
-    """
+        apply_export(model, load_export(run_dir / runs.EXPORT))
+    else:
+        raise ExportError(f"{run_dir} has no {runs.CHECKPOINT} and no {runs.EXPORT}: train the run "
+                          f"first (python -m lsq train --dataset {config.dataset} --row "
+                          f"{config.row} --profile {config.profile} --seed {config.seed})")
+    return config, model.eval()
+
+
+def export_run(run_dir: str | Path, out_path: str | Path | None = None) -> dict:
+    """Export a quantized run's integer weights (:func:`load_run_model`): writes ``export.pt``,
+    returns the summary."""
     from lsq.quant.export import export_model, export_summary, save_export
 
     run_dir = Path(run_dir)
-    for required in (runs.CONFIG, runs.CHECKPOINT):
-        if not (run_dir / required).is_file():
-            raise ExportError(f"{run_dir / required} not found; is {run_dir} a run directory?")
-    config = RunConfig.from_yaml(run_dir / runs.CONFIG)
-    if config.quant.is_float:
-        raise ExportError(f"{run_dir} is a float run: it has no quantized layers to export")
-    model = build_run_model(config)
-    model.load_state_dict(load_checkpoint(run_dir / runs.CHECKPOINT, keys=("model",))["model"])
-    model.eval()
+    _, model = load_run_model(run_dir)
     export = export_model(model)
-    out = save_export(export, out_path if out_path is not None else run_dir / "export.pt")
+    out = save_export(export, out_path if out_path is not None else run_dir / runs.EXPORT)
     summary = export_summary(export)
     summary["path"] = str(out)
     summary["file_bytes"] = out.stat().st_size
