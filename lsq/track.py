@@ -164,7 +164,7 @@ def import_runs(runs_dir: str | Path = "runs", tracking_uri: str = DEFAULT_TRACK
         params = [Param(k, v[:6000]) for k, v in _flatten(config).items()]
         metrics = [Metric(key, value, 0, int(record["epoch"]))
                    for record in records
-                   for key, value in _epoch_metrics(record).items()]
+                   for key, value in _scalars(record).items()]  # the TensorBoard tags: MLflow allows '/'
         metrics += [Metric(key, float(value), 0, int(summary.get("epochs", 0)))
                     for key, value in summary.items()
                     if key.startswith(("final_", "best_")) and isinstance(value, (int, float))
@@ -177,11 +177,6 @@ def import_runs(runs_dir: str | Path = "runs", tracking_uri: str = DEFAULT_TRACK
                                                        f"imported from {path}")])
         client.set_terminated(run.info.run_id)
     return counts
-
-
-def _epoch_metrics(record: dict) -> dict[str, float]:
-    # MLflow metric names allow '/', so the TensorBoard tags serve both.
-    return _scalars(record)
 
 
 def main(argv: list[str] | None = None, *, command: str = "mlflow") -> int:
