@@ -29,6 +29,7 @@ from torch import nn
 from lsq import runs
 from lsq.engine.checkpoint import load_run_model
 from lsq.errors import ExportError, LsqError
+from lsq.quant.export import export_summary
 from lsq.quant.onnx_export import FORMS, INPUT, OPSET, OUTPUT, to_onnx
 
 ONNX_FILE = "model.onnx"
@@ -208,12 +209,15 @@ def deploy_run(run_dir: str | Path, out: str | Path | None = None, *, form: str 
                       eval_batch_size=config.optim.eval_batch_size, device=cpu, seed=config.seed)
     result = evaluate_onnx(model, onnx_path, data.test)
     summary = runs.read_summary(run_dir) or {}
+    sizes = export_summary(model)
     record = {
         "run_dir": str(run_dir), "dataset": config.dataset, "profile": config.profile,
         "row": config.row, "seed": config.seed, "ablation": config.ablation,
         "data_kind": data.data_kind,
         "form": form, "opset": OPSET, "onnx": str(onnx_path),
         "onnx_bytes": onnx_path.stat().st_size,
+        # The integer export (export.pt's tensors) against the same model in float32.
+        "export_bytes": sizes["export_bytes"], "float32_bytes": sizes["float32_bytes"],
         **result,
         # What training measured on the same images (None for an unfinished run).
         "summary_top1": summary.get("final_top1"),

@@ -103,6 +103,8 @@ def test_deployed_run_agrees_with_pytorch(deployed, runs, row):
     assert record["onnxruntime_version"] == ort.__version__
     assert record["onnx_version"] == onnx.__version__
     assert record["form"] == "qdq" and record["provider"] == "CPUExecutionProvider"
+    # The integer export (ternary codes at 2 bits) against float32, as lsq.quant.export counts.
+    assert 0 < 4 * record["export_bytes"] < record["float32_bytes"]
     # Every layer ran once, as an integer or a float kernel; the QDQ graph's convolutions are
     # followed by float BatchNorm, which ONNX Runtime does not fuse into integer kernels.
     kernels = sum(record["integer_kernels"].values()) + sum(record["float_kernels"].values())

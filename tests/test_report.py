@@ -481,6 +481,8 @@ def test_summary_identity_comes_from_the_path(tmp_path):
 
 
 def test_deployed_runs_show_onnx_runtime_beside_pytorch(tmp_path):
+    from lsq.report import deployed as deployed_report
+
     deployed = write_run(tmp_path, "fashion-mnist", "quick", "row1", 0, 80.0)
     write_run(tmp_path, "fashion-mnist", "quick", "row2", 0, 79.0)  # not deployed: no row
     broken = write_run(tmp_path, "fashion-mnist", "quick", "row3", 0, 76.0)
@@ -491,11 +493,47 @@ def test_deployed_runs_show_onnx_runtime_beside_pytorch(tmp_path):
     (broken / "deployed.json").write_text("{")
     runs = load_runs(tmp_path)
     with pytest.warns(UserWarning, match="row3/seed0/deployed.json is unreadable"):
-        table = tables.deployed_table(tmp_path, runs.summaries)
-    assert table.to_dict("records") == [{
+        records = deployed_report.deployed_records(tmp_path, runs.summaries)
+    assert deployed_report.runs_table(records).to_dict("records") == [{
         "run": "fashion-mnist/quick/row1/seed0", "form": "qdq", "test images": "10,000",
         "PyTorch top-1": "80.00", "ONNX Runtime top-1": "79.99", "same class": "99.95%",
         "integer kernels": "0%", "ONNX kB": "299", "integer export kB": "121"}]
+
+
+def test_each_quantized_row_gets_its_deployed_columns(tmp_path):
+    """Per row: the mean deployed top-1 with its Δ to PyTorch over the deployed seeds, the
+    lowest agreement, the export's size against float32; a row without deployment says so."""
+    from lsq.report import deployed as deployed_report
+
+    for seed, (ort, agreement) in enumerate([(92.88, 0.9999), (92.50, 0.9990)]):
+        for row in (0, 2, 3):
+            write_run(tmp_path, "fashion-mnist", "full", f"row{row}", seed, 93.0)
+        run = tmp_path / "fashion-mnist" / "full" / "row3" / f"seed{seed}"
+        (run / "deployed.json").write_text(json.dumps({
+            "form": "integer", "test_images": 10000, "pytorch_top1": 92.89 - seed * 0.4,
+            "top1": ort, "agreement": agreement, "integer_kernel_fraction": 0.9,
+            "onnx_bytes": 308995, "export_bytes": 60000, "float32_bytes": 1080000}))
+    write_run(tmp_path, "fashion-mnist", "full", "row3-init-x4", 0, 90.0)  # an ablation: own page
+    (tmp_path / "fashion-mnist/full/row3-init-x4/seed0/deployed.json").write_text(json.dumps({
+        "form": "qdq", "test_images": 10000, "pytorch_top1": 10.0, "top1": 10.0, "agreement": 1.0,
+        "integer_kernel_fraction": 0.0, "onnx_bytes": 1}))
+    runs = load_runs(tmp_path).select("fashion-mnist", "full")
+    records = deployed_report.deployed_records(tmp_path, runs.summaries)
+    results = tables.format_results_table(
+        tables.results_table(runs.summaries, runs.in_progress, "fashion-mnist"), "fashion-mnist")
+    out = deployed_report.add_row_columns(results, records, {0: 2, 1: 0, 2: 2, 3: 2, 4: 0})
+    by_row = {row: {key[1]: out[key].iloc[i] for key in out.columns
+                    if key[0] == deployed_report.GROUP}
+              for i, row in enumerate(out[("ID", "")])}
+    assert by_row["3"] == {"ONNX Runtime top-1": "92.69 (Δ PyTorch +0.00)", "same class": "99.90% (lowest)",
+                           "export vs float32": "60 kB, 18.0x smaller"}
+    assert by_row["2"]["ONNX Runtime top-1"] == deployed_report.NOT_DEPLOYED
+    assert by_row["0"]["ONNX Runtime top-1"] == "—"
+    # One seed of two deployed: the cell says so.
+    cells = deployed_report.row_columns(records[records["seed"] == 1], [3], {3: 2})
+    assert cells[3][(deployed_report.GROUP, deployed_report.TOP1)] == "92.50 (Δ PyTorch +0.01, 1 of 2 seeds)"
+    # A page with no deployed run keeps the seed's columns only.
+    assert deployed_report.add_row_columns(results, records.iloc[0:0], {}).equals(results)
 
 
 def test_protocol_audit_is_derived_from_the_runs_configs(tmp_path):

@@ -21,7 +21,7 @@ import pandas as pd
 
 from lsq.errors import ConfigError
 from lsq.experiments import TABLES, get_table
-from lsq.report import analysis, audit, claims, figures, speed, tables
+from lsq.report import analysis, audit, claims, deployed, figures, speed, tables
 from lsq.report.collect import Runs, load_runs, profile_rank
 from lsq.report.html import TEMPLATES, environment
 from lsq.report.notebooks import notebook_body, pygments_css, run_notebooks
@@ -29,6 +29,12 @@ from lsq.report.provenance import (REPRODUCTION, data_text, distinct, epochs_tex
                                    reproduction_text, short_epochs, wall_text)
 
 SYNTHETIC_BANNER = "SYNTHETIC DATA: numbers measure nothing about LSQ"
+DEPLOYED_NOTE = (
+    "the row's ONNX graph run by ONNX Runtime (CPU) on the whole test set, mean over its deployed "
+    "seeds, with its mean difference to the PyTorch model; same class = the share of test images "
+    "that get the PyTorch model's class (the lowest over seeds); export = the integer export "
+    "(codes and step sizes, export.pt) against the same model in float32. Per run: the Deployed "
+    "section below.")
 INTERPRETATION = (
     "With quan_lr = yes the first convolution's weights are quantized but its input — the "
     "normalised image — stays float, and the last linear layer's weights and input are "
@@ -166,13 +172,16 @@ def _page(runs: Runs) -> Page:
     table = get_table(dataset)
     summaries = runs.summaries
     numbers = tables.results_table(summaries, runs.in_progress, dataset)
+    deployments = deployed.deployed_records(runs.root, summaries)
     kinds = set(summaries["data_kind"].dropna())
     page = Page(
         dataset=dataset, profile=profile, runs=runs, description=table.description,
         synthetic=dataset == "synthetic" or "synthetic" in kinds or table.data_kind == "synthetic",
         epochs_text=epochs_text(summaries, dataset),
         data_text=data_text(summaries, kinds),
-        results=tables.format_results_table(numbers, dataset),
+        results=deployed.add_row_columns(
+            tables.format_results_table(numbers, dataset), deployments,
+            {int(r["ID"]): int(r[f"{table.metrics[0]}_n"]) for _, r in numbers.iterrows()}),
         implied_note=implied_note(dataset),
         claims=claims.claims_table(claims.evaluate_claims(summaries, dataset, runs.in_progress)),
         in_progress=tables.in_progress_table(runs.in_progress),
@@ -184,7 +193,7 @@ def _page(runs: Runs) -> Page:
         has_analysis=analysis.has_ablations(summaries, runs.in_progress),
         problems=[p for p in runs.problems if p.startswith(f"{dataset}/{profile}/")],
         stand_in=tables.stand_in_note(dataset),
-        deployed=tables.deployed_table(runs.root, summaries),
+        deployed=deployed.runs_table(deployments),
         audit=audit.audit_table(runs.root, dataset, summaries),
     )
     reproduction = runs.root / dataset / profile / REPRODUCTION
@@ -264,7 +273,7 @@ def _write_pages(runs: Runs, pages: list[Page], out_dir: Path, site: Path,
     summaries = runs.summaries
     common = dict(
         banner=SYNTHETIC_BANNER, interpretation=INTERPRETATION, paper_url=PAPER_URL,
-        claims_note=CLAIMS_NOTE, ablation_note=ABLATION_NOTE,
+        claims_note=CLAIMS_NOTE, ablation_note=ABLATION_NOTE, deployed_note=DEPLOYED_NOTE,
         pages=pages, generated_from=str(runs.root), root="",
     )
     lead = lead_page(pages)

@@ -19,15 +19,11 @@ is the difference of the means, marked "unpaired", with no std.
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
-from lsq import runs as run_format
 from lsq.experiments import Row, Table, get_table
 
 NOT_RUN = "not run"
@@ -427,29 +423,3 @@ def in_progress_table(in_progress: pd.DataFrame) -> pd.DataFrame:
             for done, planned in zip(in_progress["epochs_done"], in_progress["epochs_planned"])
         ],
     })
-
-
-def deployed_table(root: Path, summaries: pd.DataFrame) -> pd.DataFrame:
-    """Finished runs that were deployed: ONNX Runtime's test top-1 beside PyTorch's, how many
-    test images get the same class, the share of layers on integer kernels, and the files."""
-    rows = []
-    for path in sorted(summaries["path"]) if "path" in summaries else []:
-        record_path = Path(root) / path / run_format.DEPLOYED
-        if not record_path.is_file():
-            continue
-        try:
-            record = json.loads(record_path.read_text())
-            export = Path(root) / path / run_format.EXPORT
-            rows.append({
-                "run": path, "form": record["form"], "test images": f"{record['test_images']:,}",
-                "PyTorch top-1": f"{record['pytorch_top1']:.2f}",
-                "ONNX Runtime top-1": f"{record['top1']:.2f}",
-                "same class": f"{100 * record['agreement']:.2f}%",
-                "integer kernels": f"{100 * record['integer_kernel_fraction']:.0f}%",
-                "ONNX kB": f"{record['onnx_bytes'] / 1000:.0f}",
-                "integer export kB": f"{export.stat().st_size / 1000:.0f}" if export.is_file() else "—",
-            })
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            warnings.warn(f"{path}/{run_format.DEPLOYED} is unreadable ({error}); left out of the deployed table",
-                          stacklevel=2)
-    return pd.DataFrame(rows)
