@@ -38,6 +38,9 @@ cifar10_PROFILE       := paper
 imagenet_PROFILE      := paper
 fashion-mnist_PROFILE := quick
 synthetic_PROFILE     := smoke
+# The paper's tables train from the seed tables' float models, so they share their profiles.
+imagenet-paper_PROFILE      := paper
+fashion-mnist-paper_PROFILE := quick
 
 # make -jN runs N trainings at once: each takes 1/N of the CPU cores (lsq.engine.host.share_cpu_threads).
 TRAIN = LSQ_PARALLEL_RUNS=$(patsubst -j%,%,$(filter -j%,$(MAKEFLAGS))) \
@@ -94,7 +97,7 @@ setup: $(STAMP) ## create .venv/ and install the project (torch, torchvision, pa
 # prerequisite (unless WARM, below): a run is done when its summary.json exists (lsq train
 # decides), whatever the files' times say after a checkout.
 define RUN_RULE
-$(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(if $(call early,$(1),$(4)),,$(if $(filter-out 0,$(4)),$(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json))
+$(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(if $(call early,$(1),$(4)),,$(if $(filter-out 0,$(4)),$(RUNS)/$(call baseline_of,$(1))/$(2)/row0/seed$(3)/summary.json))
 	$$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4) $(if $(call early,$(1),$(4)),--wait-for-baseline)
 SUMMARIES += $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json
 endef
@@ -107,7 +110,7 @@ endef
 early = $(and $(WARM),$(filter-out 0,$(2)),$(filter $(1) ablations,$(MAKECMDGOALS)))
 # $(1) dataset, $(2) profile, $(3) seed, $(4) row, $(5) ablation
 define ABLATION_RULE
-$(RUNS)/$(1)/$(2)/row$(4)-$(5)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(RUNS)/$(1)/$(2)/row0/seed$(3)/summary.json $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json
+$(RUNS)/$(1)/$(2)/row$(4)-$(5)/seed$(3)/summary.json: | $(STAMP) check-$(1) $(RUNS)/$(call baseline_of,$(1))/$(2)/row0/seed$(3)/summary.json $(RUNS)/$(1)/$(2)/row$(4)/seed$(3)/summary.json
 	$$(TRAIN) --dataset $(1) --profile $(2) --seed $(3) --row $(4) --ablation $(5)
 SUMMARIES += $(RUNS)/$(1)/$(2)/row$(4)-$(5)/seed$(3)/summary.json
 endef
@@ -116,20 +119,33 @@ endef
 # so these work before .venv/ exists.
 ROOT      := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
 lsq_list  = $(shell PYTHONPATH="$(ROOT)" $(PYTHON_BOOT) -m lsq list $(1) 2>/dev/null)
-DATASETS  := $(call lsq_list,datasets)
-ROWS      := $(call lsq_list,rows)
+# One word per table, "name:baseline table:rows,...:ablations,..." (lsq list tables).
+TABLE_SPECS := $(call lsq_list,tables)
+comma     := ,
+spec_of   = $(subst :, ,$(filter $(1):%,$(TABLE_SPECS)))
+DATASETS  := $(foreach t,$(TABLE_SPECS),$(firstword $(subst :, ,$(t))))
+baseline_of = $(word 2,$(call spec_of,$(1)))
+rows_of   = $(subst $(comma), ,$(word 3,$(call spec_of,$(1))))
+# "row1-distill" -> row and ablation name
+table_ablations_of = $(subst $(comma), ,$(word 4,$(call spec_of,$(1))))
+ablation_row  = $(patsubst row%,%,$(firstword $(subst -, ,$(1))))
+ablation_name = $(patsubst row$(call ablation_row,$(1))-%,%,$(1))
+ROWS      := $(call rows_of,fashion-mnist)
 ABLATIONS := $(call lsq_list,ablations)
 ABLATION_ROWS := $(call lsq_list,ablation-rows --profile $(call profile_of,fashion-mnist))
 # Without the lists no run has a rule: say so for the goals that train, rather than do nothing.
-ifneq ($(filter cifar10 imagenet fashion-mnist synthetic ablations smoke reproduce reproduce-full,$(MAKECMDGOALS)),)
+ifneq ($(filter cifar10 imagenet fashion-mnist imagenet-paper fashion-mnist-paper synthetic ablations smoke reproduce reproduce-full,$(MAKECMDGOALS)),)
 ifeq ($(strip $(DATASETS)),)
 $(error `$(PYTHON_BOOT) -m lsq list datasets` printed nothing; make needs Python 3.11+ as PYTHON_BOOT and lsq/ beside this Makefile)
 endif
 endif
-table_targets = $(foreach s,$(SEEDS),$(foreach r,$(ROWS),$(RUNS)/$(1)/$(call profile_of,$(1))/row$(r)/seed$(s)/summary.json))
+table_targets = $(foreach s,$(SEEDS),$(foreach r,$(call rows_of,$(1)),$(RUNS)/$(1)/$(call profile_of,$(1))/row$(r)/seed$(s)/summary.json) \
+  $(foreach a,$(call table_ablations_of,$(1)),$(RUNS)/$(1)/$(call profile_of,$(1))/$(a)/seed$(s)/summary.json))
 
-$(foreach d,$(DATASETS),$(foreach s,$(sort $(SEEDS) $(ABLATION_SEEDS)),$(foreach r,$(ROWS),\
+$(foreach d,$(DATASETS),$(foreach s,$(sort $(SEEDS) $(ABLATION_SEEDS)),$(foreach r,$(call rows_of,$(d)),\
   $(eval $(call RUN_RULE,$(d),$(call profile_of,$(d)),$(s),$(r))))))
+$(foreach d,$(DATASETS),$(foreach s,$(SEEDS),$(foreach a,$(call table_ablations_of,$(d)),\
+  $(eval $(call ABLATION_RULE,$(d),$(call profile_of,$(d)),$(s),$(call ablation_row,$(a)),$(call ablation_name,$(a)))))))
 $(foreach s,$(ABLATION_SEEDS),$(foreach r,$(ABLATION_ROWS),$(foreach a,$(ABLATIONS),\
   $(eval $(call ABLATION_RULE,fashion-mnist,$(call profile_of,fashion-mnist),$(s),$(r),$(a))))))
 # make deletes a target whose mtime changed when it is interrupted (Ctrl-C, kill) mid-recipe; a
@@ -137,10 +153,12 @@ $(foreach s,$(ABLATION_SEEDS),$(foreach r,$(ABLATION_ROWS),$(foreach a,$(ABLATIO
 # (A pattern in .PRECIOUS covers only implicit rules, hence the list.)
 .PRECIOUS: $(SUMMARIES)
 
-.PHONY: cifar10 imagenet fashion-mnist synthetic ablations $(addprefix check-,$(DATASETS))
+.PHONY: cifar10 imagenet fashion-mnist imagenet-paper fashion-mnist-paper synthetic ablations $(addprefix check-,$(DATASETS))
 cifar10: $(call table_targets,cifar10) ## CIFAR-10 ResNet-20 table: rows 0-4 x SEEDS (needs data/cifar10)
 imagenet: $(call table_targets,imagenet) ## ImageNet ResNet-18 table: rows 0-4 x SEEDS (needs data/imagenet, --weights)
 fashion-mnist: $(call table_targets,fashion-mnist) ## Fashion-MNIST ResNet-20 table (real data, offline)
+imagenet-paper: $(call table_targets,imagenet-paper) ## the LSQ paper's ImageNet table: w/a 2/2, 3/3, 4/4, 8/8, first/last 8-bit, 2/2 and 3/3 distilled (from imagenet's row 0)
+fashion-mnist-paper: $(call table_targets,fashion-mnist-paper) ## the paper's precisions on Fashion-MNIST, 2/2 distilled (from fashion-mnist's row 0; use PROFILE=full)
 synthetic: $(call table_targets,synthetic) ## synthetic CIFAR-shaped data table (smoke/timing only)
 ablations: $(foreach s,$(ABLATION_SEEDS),$(foreach r,$(ABLATION_ROWS),$(foreach a,$(ABLATIONS),$(RUNS)/fashion-mnist/$(call profile_of,fashion-mnist)/row$(r)-$(a)/seed$(s)/summary.json))) ## Fashion-MNIST ablations: step-size init, step-size lr, lr schedule (rows 1, 3; row 3 with PROFILE=full)
 

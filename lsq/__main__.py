@@ -58,13 +58,25 @@ from lsq.experiments import (ABLATIONS, DATASETS, PROFILES, SEED_FACTORS, TABLES
 
 BENCHES = ("quantizer", "data", "train", "imagenet")
 # What `python -m lsq list` prints: the one copy of each list, read by the Makefile.
+# Each takes (profile, dataset); --dataset names a table for the per-table lists.
 LISTS = {
-    "datasets": lambda profile: DATASETS,
-    "rows": lambda profile: [row.id for row in TABLES["cifar10"].rows],
-    "profiles": lambda profile: PROFILES,
-    "ablations": lambda profile: [a.name for a in ABLATIONS if a.factor in SEED_FACTORS],
-    "ablation-rows": ablation_rows,
+    "datasets": lambda profile, dataset: DATASETS,
+    # A table's trained rows (row 0 is another table's where it borrows its float models).
+    "rows": lambda profile, dataset: TABLES[dataset or "cifar10"].trained_rows,
+    "baseline": lambda profile, dataset: [TABLES[dataset].baseline_from or dataset],
+    "table-ablations": lambda profile, dataset: [
+        f"row{row}-{name}" for row, name in TABLES[dataset].table_ablations],
+    # One word per table for the Makefile, "name:baseline table:rows,...:row1-distill,...", so
+    # that one Python start gives make every table's lists.
+    "tables": lambda profile, dataset: [
+        f"{name}:{t.baseline_from or name}:{','.join(map(str, t.trained_rows))}:"
+        + ",".join(f"row{row}-{abl}" for row, abl in t.table_ablations)
+        for name, t in TABLES.items()],
+    "profiles": lambda profile, dataset: PROFILES,
+    "ablations": lambda profile, dataset: [a.name for a in ABLATIONS if a.factor in SEED_FACTORS],
+    "ablation-rows": lambda profile, dataset: ablation_rows(profile),
 }
+NEEDS_DATASET = ("baseline", "table-ablations")
 
 
 def _train_parser(sub) -> None:
@@ -206,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("list", help="print one of the project's lists, space-separated (the Makefile reads them)")
     p.add_argument("what", choices=LISTS)
     p.add_argument("--profile", default="quick", choices=PROFILES, help="for ablation-rows")
+    p.add_argument("--dataset", choices=sorted(TABLES),
+                   help="for rows, baseline and table-ablations: the table")
 
     p = sub.add_parser("check-data", help="check that a dataset is where training expects it")
     p.add_argument("--dataset", required=True, choices=sorted(TABLES))
@@ -233,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return _train(args)
         if args.command == "list":
-            print(" ".join(map(str, LISTS[args.what](args.profile))))
+            if args.what in NEEDS_DATASET and not args.dataset:
+                parser.error(f"list {args.what} needs --dataset")
+            print(" ".join(map(str, LISTS[args.what](args.profile, args.dataset))))
             return 0
         if args.command == "check-data":
             return _check_data(args)

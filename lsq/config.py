@@ -200,8 +200,10 @@ class RunConfig:
                        data=replace(self.data, data_dir=None, workers=0, download=False))
 
     def baseline(self) -> "RunConfig":
-        """The float run a quantized row starts from (same dataset, profile, seed)."""
-        return make_config(self.dataset, 0, self.profile, self.seed)
+        """The float run a quantized row starts from (same profile and seed): row 0 of its table,
+        or of the table it takes its float models from (``Table.baseline_from``)."""
+        return make_config(get_table(self.dataset).baseline_from or self.dataset, 0, self.profile,
+                           self.seed)
 
     # --- YAML ------------------------------------------------------------------------------
 
@@ -341,19 +343,23 @@ def make_config(
     """The configuration of one table row (optionally an ablation of it) under a profile."""
     table = get_table(dataset)
     table_row = table.row(row)
+    if table_row.is_float and table.baseline_from:
+        raise ConfigError(f"{dataset} takes its float models from the {table.baseline_from} table: "
+                          f"train row 0 there (--dataset {table.baseline_from} --row 0)")
+    data_name = table.data_name  # a table on another's data has that data's budgets
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
-    if profile != "smoke" and (dataset, profile) not in _BUDGETS:
-        offered = sorted(p for d, p in _BUDGETS if d == dataset) + ["smoke"]
+    if profile != "smoke" and (data_name, profile) not in _BUDGETS:
+        offered = sorted(p for d, p in _BUDGETS if d == data_name) + ["smoke"]
         raise ConfigError(f"profile {profile!r} is not defined for {dataset}; choose one of {offered}")
-    budget = _SMOKE if profile == "smoke" else _BUDGETS[(dataset, profile)]
+    budget = _SMOKE if profile == "smoke" else _BUDGETS[(data_name, profile)]
     is_float = table_row.is_float
     epochs = budget["float_epochs" if is_float else "quant_epochs"]
-    if dataset == "imagenet" and is_float:
+    if data_name == "imagenet" and is_float:
         epochs = 0  # torchvision's pretrained model, evaluated
     optim = OptimConfig(
         epochs=epochs,
-        batch_size=budget.get("batch_size", _BATCH.get(dataset, 128)),
+        batch_size=budget.get("batch_size", _BATCH.get(data_name, 128)),
         lr=table_row.lr_base,
         weight_decay=5e-4 if is_float else 1e-4,
     )
@@ -361,6 +367,10 @@ def make_config(
         weight_levels=format_levels(table_row.constr_w),
         act_levels=format_levels(table_row.constr_a),
         quantize_first_last=table_row.quan_lr,
+        first_last_weight_levels=(format_levels(table_row.first_last_w)
+                                  if table_row.first_last_w else None),
+        first_last_act_levels=(format_levels(table_row.first_last_a)
+                               if table_row.first_last_a else None),
     )
     data = DataConfig(train_subset=budget.get("train_subset"), test_subset=budget.get("test_subset"))
     config = RunConfig(

@@ -57,7 +57,7 @@ def test_markdown_and_html_show_the_same_table(full):
 def test_claims_tables_show_intervals_in_markdown_and_html(full):
     markdown = (full.out / "fashion-mnist-quick.md").read_text()
     html = (full.out / "site" / "fashion-mnist-quick.html").read_text()
-    header = ("| claim (seed README) | test | comparison | mean | 95 % CI | seeds | threshold | "
+    header = ("| claim (its source's words) | test | comparison | mean | 95 % CI | seeds | threshold | "
               "verdict | seeds to settle | on the paper's numbers | caveat |")
     assert header in markdown
     line = next(row for row in markdown.splitlines() if "| drop row 4 |" in row)

@@ -82,6 +82,7 @@ def build_data(dataset: str, data: DataConfig, *, batch_size: int, eval_batch_si
     """Train and test loaders of ``dataset`` for this rank, batches already on ``device``."""
     if dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
+    dataset = TABLES[dataset].data_name  # the paper's tables train on the seed tables' data
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
     device = torch.device(device)

@@ -16,7 +16,7 @@ import math
 import pandas as pd
 
 from lsq.experiments import (ABLATION_BASELINE_VALUES, ABLATION_ROWS, ABLATION_THRESHOLD,
-                             ABLATIONS, WITHIN, ablation_rows)
+                             ABLATIONS, SEED_FACTORS, WITHIN, ablation_rows, get_table)
 from lsq.report import stats
 from lsq.report.tables import NOT_RUN, Estimate, estimate
 
@@ -28,12 +28,26 @@ FACTORS = {
     "step_init": "Step-size initial value",
     "step_lr": "Step-size learning rate",
     "scheduler": "Learning-rate scheduler",
+    "distillation": "Distillation from the float baseline",
 }
-SEED_ADVICE = {  # the seed README's advice for each factor, quoted
-    "step_init": "scale initial value: not to big, keep enough nozero weight",
-    "step_lr": "scale learning rate: down when to big",
-    "scheduler": "lr_scheduler: influence on final result",
+ADVICE = {  # what each factor's section opens with: the seed README's advice, quoted
+    "step_init": "Seed README: “scale initial value: not to big, keep enough nozero weight”",
+    "step_lr": "Seed README: “scale learning rate: down when to big”",
+    "scheduler": "Seed README: “lr_scheduler: influence on final result”",
+    "distillation": "The LSQ paper's distillation as this project implements it (docs/method.md): "
+                    "the teacher is the run's own float baseline, temperature 1, cross-entropy "
+                    "and KL to the teacher weighted 1:1.",
 }
+
+
+def factors_for(dataset: str, summaries: pd.DataFrame, in_progress: pd.DataFrame) -> dict[str, str]:
+    """The factors a page's analysis shows: each with a run on the page, and on the seed's tables
+    every factor the seed names, so that one not yet run shows as "not run"."""
+    found = set(summaries["ablation"]) | set(in_progress["ablation"])
+    with_runs = {a.factor for a in ABLATIONS if a.name in found}
+    seed_table = not get_table(dataset).table_ablations
+    return {factor: title for factor, title in FACTORS.items()
+            if factor in with_runs or (seed_table and factor in SEED_FACTORS)}
 
 
 def settings(factor: str) -> list[tuple[str, str]]:
@@ -47,7 +61,12 @@ def ablated_rows(summaries: pd.DataFrame) -> list[int]:
     """The rows the runs' profile ablates (``lsq.experiments.ablation_rows``) plus any other row
     that has ablation runs."""
     profiles = set(summaries["profile"].dropna()) if len(summaries) else set()
-    planned = ablation_rows(profiles.pop()) if len(profiles) == 1 else ABLATION_ROWS
+    datasets = set(summaries["dataset"].dropna()) if len(summaries) else set()
+    own = get_table(datasets.pop()).table_ablations if len(datasets) == 1 else ()
+    if own:  # a table that trains its own ablations (the paper's distilled rows)
+        planned = tuple(row for row, _ in own)
+    else:
+        planned = ablation_rows(profiles.pop()) if len(profiles) == 1 else ABLATION_ROWS
     extra = set(summaries.loc[summaries["ablation"] != "", "row"]) if len(summaries) else set()
     return sorted(set(planned) | {int(r) for r in extra})
 

@@ -78,7 +78,7 @@ def audit_table(root: Path, dataset: str, summaries: pd.DataFrame) -> pd.DataFra
     table, published_table = get_table(dataset), get_table(reference)
     lines = [
         _line("dataset", f"{published_table.name} (real)", configs,
-              lambda c: f"{get_table(c.dataset).name} ({table.data_kind})"),
+              lambda c: f"{get_table(get_table(c.dataset).data_name).name} ({table.data_kind})"),
         _line("network", protocol.network, configs, lambda c: c.model),
         _line("optimizer", protocol.optimizer, quantized, lambda c: f"SGD, momentum {c.optim.momentum:g}"),
         _line("lr schedule", protocol.lr_schedule, quantized, lambda c: c.optim.scheduler),
@@ -110,6 +110,7 @@ def audit_table(root: Path, dataset: str, summaries: pd.DataFrame) -> pd.DataFra
               lambda c: "1/sqrt(N*Q_P)" if c.quant.grad_scale else "off"),
         _line("float baseline", protocol.float_baseline, floats,
               lambda c: f"{c.optim.epochs} epochs, lr {c.optim.lr:g}, {c.optim.scheduler}"),
-        _line("distillation", protocol.distillation, quantized, lambda c: "none"),
+        _line("distillation", protocol.distillation, quantized,
+              lambda c: "from the float baseline, T = 1, 1:1" if c.optim.distill else "none"),
     ]
     return pd.DataFrame(lines)

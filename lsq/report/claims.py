@@ -151,8 +151,12 @@ def published_pivot(dataset: str) -> pd.DataFrame:
 
 
 def claims_for(dataset: str) -> list[str]:
-    """Claim keys checked on a dataset's page: all, with the first/last claim the seed made for a
+    """Claim keys checked on a dataset's page: a table's own (``Table.claims``, or those of the
+    table it stands in for), else the seed's, with the first/last claim the seed made for a
     dataset of that difficulty (ImageNet: "matters"; the small datasets: "not obvious")."""
+    reference = reference_table(dataset)
+    if reference is not None and reference.claims:
+        return list(reference.claims)
     first_last = "first-last-matters" if dataset == "imagenet" else "first-last-not-obvious"
     return ["weight-only-no-drop", first_last, "activations-cost", "weight-only-generalises",
             "full-quantization-gap"]
@@ -227,7 +231,7 @@ def _published_first_last(dataset: str) -> float:
 
 # --- display -----------------------------------------------------------------------------------
 
-CLAIM_COLUMNS = ["claim (seed README)", "test", "comparison", "mean", "95 % CI", "seeds",
+CLAIM_COLUMNS = ["claim (its source's words)", "test", "comparison", "mean", "95 % CI", "seeds",
                  "threshold", "verdict", "seeds to settle", "on the paper's numbers", "caveat"]
 
 
@@ -249,7 +253,7 @@ def claims_table(verdicts: list[Verdict]) -> pd.DataFrame:
             return part.interval.format_mean() if part.interval.measured else part.note or "not run"
 
         records.append({
-            "claim (seed README)": v.claim.quote,
+            "claim (its source's words)": v.claim.quote,
             "test": v.claim.test,
             "comparison": _cells(v, lambda p: p.label),
             "mean": _cells(v, mean),

@@ -25,7 +25,7 @@ import yaml
 from lsq import runs as run_format
 from lsq.config import RunConfig
 from lsq.errors import ConfigError
-from lsq.experiments import PROFILES
+from lsq.experiments import PROFILES, TABLES
 from lsq.levels import format_levels
 
 KEYS = ["dataset", "profile", "row", "ablation", "seed"]
@@ -86,17 +86,26 @@ class Runs:
         A profile that ``PROFILES`` does not name comes after the known ones, by name."""
         frames = [self.summaries[["dataset", "profile"]], self.in_progress[["dataset", "profile"]]]
         pairs = pd.concat(frames).drop_duplicates()
-        order = {"fashion-mnist": 0, "cifar10": 1, "imagenet": 2, "synthetic": 3}
+        order = {"fashion-mnist": 0, "fashion-mnist-paper": 1, "cifar10": 2, "imagenet": 3,
+                 "imagenet-paper": 4, "synthetic": 5}
         return sorted(
             map(tuple, pairs.itertuples(index=False)),
             key=lambda p: (order.get(p[0], len(order)), p[0], profile_rank(p[1]), p[1]),
         )
 
     def select(self, dataset: str, profile: str) -> "Runs":
-        """The runs of one (dataset, profile) page."""
+        """The runs of one (dataset, profile) page. A table that takes its float models from
+        another (``Table.baseline_from``) gets that table's row-0 runs of the profile as its own
+        row 0 (their ``path`` says where they live)."""
+        source = TABLES[dataset].baseline_from if dataset in TABLES else None
 
         def pick(df: pd.DataFrame) -> pd.DataFrame:
             chosen = (df["dataset"] == dataset) & (df["profile"] == profile)
+            if source is not None:
+                borrowed = df[(df["dataset"] == source) & (df["profile"] == profile)
+                              & (df["row"] == 0) & (df["ablation"] == "")]
+                return pd.concat([borrowed.assign(dataset=dataset), df[chosen]],
+                                 ignore_index=True)
             return df[chosen].reset_index(drop=True)
 
         return Runs(

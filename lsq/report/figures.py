@@ -252,3 +252,50 @@ def ablation_nonzero_fraction(runs: Runs, factor: str = "step_init") -> Figure:
     axes[0, 0].set_ylabel("nonzero ternary weights (%)")
     fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), fontsize=7.5)
     return _finish(fig, runs, f"Nonzero weights, {factor.replace('_', ' ')}")
+
+
+def precision_rows(dataset: str) -> dict[int, int]:
+    """{row: bits} of a table whose quantized rows are whole b-bit precisions (the LSQ paper's
+    table); empty for the seed's ternary table."""
+    quantized = [row for row in get_table(dataset).rows if not row.is_float]
+    if not quantized or any(row.bits is None for row in quantized):
+        return {}
+    return {row.id: row.bits for row in quantized}
+
+
+@_styled
+def precision_drop(runs: Runs) -> Figure:
+    """Top-1 drop (float − row, paired by seed) against weight/activation bits: bars of the mean
+    drop ±1 std, dots for seeds; the table's ablations of a row (distillation) as hollow markers
+    beside its bar. Nothing published is drawn (the paper's numbers are not shown, see
+    ``Table.published_note``)."""
+    bits = precision_rows(runs.dataset)
+    finals = runs.summaries
+    base = finals[(finals["row"] == 0) & (finals["ablation"] == "")].set_index("seed")["final_top1"]
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    for i, (row, b) in enumerate(bits.items()):
+        for name, offset in [("", 0.0)] + [(a, 0.3) for a in sorted(
+                set(finals.loc[(finals["row"] == row) & (finals["ablation"] != ""), "ablation"]))]:
+            mine = finals[(finals["row"] == row) & (finals["ablation"] == name)]
+            drops = (base - mine.set_index("seed")["final_top1"]).dropna()
+            if drops.empty:
+                if not name:
+                    ax.text(i, 0.02, _missing(runs, row), rotation=90, ha="center", va="bottom",
+                            fontsize=7, color="#777777", transform=ax.get_xaxis_transform())
+                continue
+            std = drops.std() if len(drops) > 1 else 0.0
+            label = f"{b}/{b} bits (n={len(drops)})" if not name else f"{b}/{b}, {name} (n={len(drops)})"
+            if not name:
+                ax.bar(i, drops.mean(), yerr=std, color=ROW_COLORS[row], alpha=0.85, capsize=3,
+                       width=0.5, label=label)
+            else:
+                ax.errorbar(i + offset, drops.mean(), yerr=std, fmt="D", mfc="white",
+                            color=ROW_COLORS[row], capsize=3, label=label)
+            ax.scatter([i + offset] * len(drops), drops, color="black", s=8, zorder=3)
+    ax.axhline(0, color="#222222", linewidth=0.8)
+    ax.set_xticks(range(len(bits)), [f"w{b}/a{b}" for b in bits.values()])
+    ax.set_xlabel("weight / activation bits (first and last layers at 8 bits)")
+    ax.set_ylabel("top-1 drop vs float (points)")
+    ax.legend(loc="best")
+    return _finish(fig, runs, "Top-1 drop against precision")

@@ -16,6 +16,8 @@ def implied_note(dataset: str) -> str:
     if reference is None:
         return ""
     note = tables.implied_baseline_note(reference.dataset)
+    if not note:
+        return ""
     return note if reference.dataset == dataset else f"For the {reference.name} rows: {note}"
 
 REPRODUCTION = "reproduction.json"  # written by `make reproduce` (lsq compare-runs --json)

@@ -38,7 +38,8 @@ DEPLOYED_NOTE = (
 INTERPRETATION = (
     "With quan_lr = yes the first convolution's weights are quantized but its input — the "
     "normalised image — stays float, and the last linear layer's weights and input are "
-    "quantized; with quan_lr = no both layers stay fully float. Weights are ternary [-1,0,1]; "
+    "quantized (at 8 bits in the LSQ paper's table: w[-128..127], a[0..255]); with quan_lr = no "
+    "both layers stay fully float. In the seed's table weights are ternary [-1,0,1]; "
     "activations (ReLU outputs, so unsigned) use 2-bit levels [0,1,2,3]."
 )
 CLAIMS_NOTE = (
@@ -100,6 +101,18 @@ class Page:
     reproduction: str = ""  # what `make reproduce` found, from <runs>/<dataset>/<profile>/reproduction.json
     stand_in: str = ""  # why this dataset stands in for a published one (tables.stand_in_note)
     longer: list["Page"] = field(default_factory=list)  # this dataset's longer profiles with runs
+
+    @property
+    def claims_source(self) -> str:
+        """Whose claims the page checks: the LSQ paper's for its table, else the seed README's."""
+        reference = tables.reference_table(self.dataset)
+        return "the LSQ paper" if reference is not None and reference.claims else "the seed README"
+
+    @property
+    def published_note(self) -> str:
+        """What the published numbers are, or why some are left out (``Table.published_note``)."""
+        reference = tables.reference_table(self.dataset)
+        return reference.published_note if reference is not None else ""
 
     @property
     def audit_source(self) -> str:
@@ -204,10 +217,10 @@ def _page(runs: Runs) -> Page:
         except (ValueError, KeyError, TypeError) as error:
             page.problems.append(f"{dataset}/{profile}/{REPRODUCTION}: unreadable ({error!r}), not shown")
     if page.has_analysis:
-        for factor, title in analysis.FACTORS.items():
+        for factor, title in analysis.factors_for(dataset, summaries, runs.in_progress).items():
             numbers = analysis.ablation_table(summaries, runs.in_progress, factor)
             page.analysis.append({
-                "factor": factor, "title": title, "advice": analysis.SEED_ADVICE[factor],
+                "factor": factor, "title": title, "advice": analysis.ADVICE[factor],
                 "table": analysis.format_ablation_table(numbers),
                 "verdicts": analysis.verdicts(numbers),
             })
@@ -230,14 +243,29 @@ def _draw_figures(page: Page, site: Path) -> None:
          "over seeds, log scale."),
         ("sparsity", "Weight sparsity",
          lambda: figures.weight_sparsity(runs),
-         "Fraction of ternary weight codes equal to zero, over all quantized layers."),
+         "Fraction of weight codes equal to zero, over all quantized layers."),
     ]
+    if figures.precision_rows(page.dataset):
+        # The paper's table: one precision per row, so a drop-against-bits figure and one
+        # accuracy figure for all rows instead of the seed's weight-only / full split.
+        wanted[:2] = [
+            ("precision-drop", "Top-1 drop against precision",
+             lambda: figures.precision_drop(runs),
+             "Float − row top-1, paired by seed (bars: mean ±1 std, dots: seeds; hollow "
+             "diamonds: the row distilled from its float baseline). The paper's ImageNet drops "
+             "are not drawn: its numbers could not be confirmed (see the note above)."),
+            ("acc-all", "Test accuracy, every precision",
+             lambda: figures.accuracy_curves(runs, (1, 2, 3, 4)),
+             "Rows 1-4 (w/a 2/2, 3/3, 4/4, 8/8; first and last layers at 8 bits) against the "
+             "float baseline; mean over seeds, band ±1 std."),
+        ]
     if runs.summaries.empty:
         return
     for name, title, draw, caption in wanted:
         page.figures.append(_save(draw(), site, f"{slug}-{name}.png", title, caption))
     if page.has_analysis:
-        for factor, title in analysis.FACTORS.items():
+        for factor, title in analysis.factors_for(page.dataset, runs.summaries,
+                                                  runs.in_progress).items():
             items = [_save(figures.ablation_final_accuracy(runs, factor), site,
                            f"{slug}-ablation-{factor}.png", title,
                            "Final test top-1 per setting (bars: mean, dots: seeds, ±1 std); grey "

@@ -126,18 +126,25 @@ def stand_in_note(dataset: str) -> str:
     grey = "grey" if table.in_channels == 1 else "colour"
     model = table.model.replace("resnet", "ResNet-")
     return (
-        f"{table.name} stands in for {other.name} here: the same {model} and the same rows "
-        f"0-4, trained the same way, on {table.image_size}×{table.image_size} {grey} images "
-        f"through a {table.in_channels}-channel stem, because {table.stand_in_reason}. "
-        f"What it shows: how much ternary weights and 2-bit activations cost against a float "
-        f"baseline trained the same way on a real {table.num_classes}-class image task, and "
-        f"whether each claim of the seed README carries over to that task. What it does not "
+        f"{table.name} stands in for {other.name} here: the same rows, trained the same way, "
+        f"on a {model} with {table.image_size}×{table.image_size} {grey} images through a "
+        f"{table.in_channels}-channel stem, because {table.stand_in_reason}. "
+        f"What it shows: how much each row's quantization ({_levels_text(table)}) costs against "
+        f"a float baseline trained the same way on a real {table.num_classes}-class image task, "
+        f"and whether each claim checked below carries over to that task. What it does not "
         f"show: the published "
         f"{other.name} numbers themselves. {table.name} is a different task, so its float and "
         f"quantized accuracies sit at another level; Δ against the {other.name} rows compares two "
         f"datasets (the drops are the closer comparison), and no verdict here confirms or "
         f"refutes the {other.name} table."
     )
+
+
+def _levels_text(table: Table) -> str:
+    quantized = [row for row in table.rows if not row.is_float]
+    if quantized and all(row.bits for row in quantized):
+        return "w/a " + ", ".join(f"{row.bits}/{row.bits} bits" for row in quantized)
+    return "ternary weights, 2-bit activations"
 
 
 def metric_columns(table: Table) -> dict[str, tuple[str, str]]:
@@ -262,7 +269,10 @@ def format_results_table(numbers: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """
     table = get_table(dataset)
     columns = metric_columns(table)
-    paper = paper_label(dataset) if reference_table(dataset) is not None else None
+    reference = reference_table(dataset)
+    # No paper columns where the published table holds no number (the LSQ paper's, here).
+    has_numbers = reference is not None and any(row.published for row in reference.rows)
+    paper = paper_label(dataset) if has_numbers else None
     paper_epochs = set(numbers["epoch"]) if len(numbers) else set()
     # One paper epoch count for all rows (the seed's 90) goes into the header, not every cell.
     epoch_header = f"epoch (paper {paper_epochs.pop()})" if len(paper_epochs) == 1 else "epoch"
