@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                         "with ONNX Runtime on the run's test set into RUN_DIR/deployed.json")
     p.add_argument("--form", default="qdq", choices=["qdq", "qlinear", "integer"],
                    help="with --format onnx: the graph's form (docs/deploy.md)")
+    p.add_argument("--weights-from", metavar="RETRAINED_RUN",
+                   help="take the weights of a bit-identical retraining of RUN_DIR (make "
+                        "reproduce keeps them), for a run committed without weights")
 
     sub.add_parser("mlflow", help="import run directories into an MLflow store (SQLite)",
                    add_help=False)
@@ -254,12 +257,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-data":
             return _check_data(args)
         if args.command == "export" and args.format == "onnx":
+            if args.weights_from:
+                parser.error("--weights-from writes export.pt (--format lsq); deploy from it "
+                             "after: lsq export RUN_DIR --format onnx")
             from lsq.deploy import main as deploy_main
             return deploy_main([args.run_dir, "--form", args.form]
                                + (["--out", args.out] if args.out else []))
         if args.command == "export":
             from lsq.engine.checkpoint import export_run
-            summary = export_run(args.run_dir, args.out)
+            summary = export_run(args.run_dir, args.out, weights_from=args.weights_from)
             for key, value in summary.items():
                 if not isinstance(value, dict):
                     print(f"{key}: {value}")

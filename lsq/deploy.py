@@ -210,6 +210,11 @@ def deploy_run(run_dir: str | Path, out: str | Path | None = None, *, form: str 
     result = evaluate_onnx(model, onnx_path, data.test)
     summary = runs.read_summary(run_dir) or {}
     sizes = export_summary(model)
+    weights_from = None  # the weights' origin when they are a retraining's (lsq export --weights-from)
+    if not (run_dir / runs.CHECKPOINT).is_file():
+        from lsq.quant.export import load_export
+
+        weights_from = load_export(run_dir / runs.EXPORT).get("weights_from")
     record = {
         "run_dir": str(run_dir), "dataset": config.dataset, "profile": config.profile,
         "row": config.row, "seed": config.seed, "ablation": config.ablation,
@@ -218,6 +223,8 @@ def deploy_run(run_dir: str | Path, out: str | Path | None = None, *, form: str 
         "onnx_bytes": onnx_path.stat().st_size,
         # The integer export (export.pt's tensors) against the same model in float32.
         "export_bytes": sizes["export_bytes"], "float32_bytes": sizes["float32_bytes"],
+        "weights": runs.CHECKPOINT if weights_from is None and (run_dir / runs.CHECKPOINT).is_file()
+        else runs.EXPORT, "weights_from": weights_from,
         **result,
         # What training measured on the same images (None for an unfinished run).
         "summary_top1": summary.get("final_top1"),

@@ -238,3 +238,53 @@ def test_a_run_committed_with_its_integer_export_only_deploys_the_same(runs, dep
     before = deployed[0][4]
     assert (record["top1"], record["pytorch_top1"], record["disagreements"]) == (
         before["top1"], before["pytorch_top1"], before["disagreements"])
+
+
+def test_a_run_committed_without_weights_takes_those_of_a_bit_identical_retraining(runs, deployed,
+                                                                                  tmp_path):
+    """`lsq export RUN --weights-from RETRAINED`: only a bit-identical retraining's weights are
+    the run's; anything else is refused before export.pt is written."""
+    from lsq.__main__ import main as lsq_main
+    from lsq.engine.checkpoint import export_run
+    from lsq.quant.export import load_export
+
+    retrained = tmp_path / "retrained"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LSQ_COMPILE", "0")
+        for row in (0, 1):
+            config = replace(make_config("synthetic", row, "smoke").with_overrides(*SMALL),
+                             device="cpu")
+            fit(config, retrained, progress=False, log=lambda *_: None)
+    committed = tmp_path / "committed" / "synthetic" / "smoke" / "row1" / "seed0"
+    shutil.copytree(_run_dir(runs, 1), committed)
+    (committed / runfmt.CHECKPOINT).unlink()  # as committed: config, metrics and summary only
+    source = _run_dir(retrained, 1)
+
+    # A retraining that differs anywhere is refused, and nothing is written.
+    differing = tmp_path / "differing"
+    shutil.copytree(source, differing)
+    lines = (differing / runfmt.METRICS).read_text().splitlines()
+    record = json.loads(lines[-1])
+    record["test_loss"] += 1e-6
+    (differing / runfmt.METRICS).write_text("\n".join(lines[:-1] + [json.dumps(record)]) + "\n")
+    with pytest.raises(ExportError, match="not a bit-identical retraining .*differs: epoch 1: test_loss"):
+        export_run(committed, weights_from=differing)
+    (differing / runfmt.CHECKPOINT).unlink()
+    with pytest.raises(ExportError, match="has no checkpoint.pt"):
+        export_run(committed, weights_from=differing)
+    with pytest.raises(ExportError, match="not a bit-identical retraining .*config differs"):
+        export_run(committed, weights_from=_run_dir(runs, 4))
+    assert not (committed / runfmt.EXPORT).exists()
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit):
+        lsq_main(["export", str(committed), "--format", "onnx", "--weights-from", str(source)])
+    assert "--weights-from writes export.pt" in err.getvalue()
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert lsq_main(["export", str(committed), "--weights-from", str(source)]) == 0
+    assert load_export(committed / runfmt.EXPORT)["weights_from"]["run"] == str(source)
+    record = deploy_run(committed)
+    assert record["weights"] == runfmt.EXPORT and record["weights_from"]["verdict"] == "identical"
+    assert (record["top1"], record["agreement"]) == (deployed[0][1]["top1"], deployed[0][1]["agreement"])
+    assert record["pytorch_top1"] == record["summary_top1"]

@@ -497,7 +497,8 @@ def test_deployed_runs_show_onnx_runtime_beside_pytorch(tmp_path):
     assert deployed_report.runs_table(records).to_dict("records") == [{
         "run": "fashion-mnist/quick/row1/seed0", "form": "qdq", "test images": "10,000",
         "PyTorch top-1": "80.00", "ONNX Runtime top-1": "79.99", "same class": "99.95%",
-        "integer kernels": "0%", "ONNX kB": "299", "integer export kB": "121"}]
+        "integer kernels": "0%", "ONNX kB": "299", "integer export kB": "121",
+        "weights": "the run's own"}]
 
 
 def test_each_quantized_row_gets_its_deployed_columns(tmp_path):

@@ -103,6 +103,24 @@ def baseline_state(config: RunConfig, runs_dir: Path) -> dict:
     return load_checkpoint(baseline_checkpoint(config, runs_dir))["model"]
 
 
+def _identical_retraining(run_dir: Path, retrained: Path) -> Path:
+    from lsq.compare import IDENTICAL, compare_run
+
+    for path, what in ((run_dir, "the run"), (retrained, "the retrained run")):
+        if not (path / runs.CONFIG).is_file():
+            raise ExportError(f"{path} ({what}) is not a run directory (no {runs.CONFIG})")
+    if not (retrained / runs.CHECKPOINT).is_file():
+        raise ExportError(f"{retrained} has no {runs.CHECKPOINT}: --weights-from takes a finished "
+                          "retraining that kept its checkpoint (make reproduce keeps them)")
+    found = compare_run(run_dir.name, run_dir, retrained)
+    if found.verdict != IDENTICAL:
+        detail = found.first_difference or found.reason
+        raise ExportError(f"{retrained} is not a bit-identical retraining of {run_dir} "
+                          f"({found.verdict}: {detail}); its weights did not produce the run's "
+                          "numbers, so they are not exported as the run's")
+    return retrained
+
+
 def load_run_model(run_dir: str | Path):
     """``(config, model)`` of a quantized run, the model loaded from its checkpoint (or, without
     one, its integer export), in eval mode; an :class:`ExportError` for anything that is not
@@ -131,14 +149,26 @@ def load_run_model(run_dir: str | Path):
     return config, model.eval()
 
 
-def export_run(run_dir: str | Path, out_path: str | Path | None = None) -> dict:
+def export_run(run_dir: str | Path, out_path: str | Path | None = None, *,
+               weights_from: str | Path | None = None) -> dict:
     """Export a quantized run's integer weights (:func:`load_run_model`): writes ``export.pt``,
-    returns the summary."""
+    returns the summary.
+
+    ``weights_from``: a retraining of the run (``make reproduce`` keeps its run directories)
+    whose weights the export takes, for a committed run that kept neither checkpoint nor export.
+    Only a retraining bit-identical to the run (``lsq.compare``: every epoch record and summary
+    result) is accepted, so the weights are the ones that produced the run's numbers; the export
+    records where they came from (``weights_from``)."""
     from lsq.quant.export import export_model, export_summary, save_export
 
     run_dir = Path(run_dir)
-    _, model = load_run_model(run_dir)
+    source = run_dir if weights_from is None else _identical_retraining(run_dir, Path(weights_from))
+    _, model = load_run_model(source)
     export = export_model(model)
+    if weights_from is not None:
+        summary = runs.read_summary(source) or {}
+        export["weights_from"] = {"run": str(source), "verdict": "identical",
+                                  "git_sha": summary.get("git_sha"), "device": summary.get("device")}
     out = save_export(export, out_path if out_path is not None else run_dir / runs.EXPORT)
     summary = export_summary(export)
     summary["path"] = str(out)

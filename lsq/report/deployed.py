@@ -52,6 +52,7 @@ def deployed_records(root: Path, summaries: pd.DataFrame) -> pd.DataFrame:
             "export_bytes": record.get("export_bytes", math.nan),
             "float32_bytes": record.get("float32_bytes", math.nan),
             "export_file_bytes": export.stat().st_size if export.is_file() else math.nan,
+            "weights_from": (record.get("weights_from") or {}).get("run", ""),
         })
         records.append(entry)
     return pd.DataFrame(records)
@@ -75,6 +76,7 @@ def runs_table(records: pd.DataFrame) -> pd.DataFrame:
             "integer kernels": f"{100 * record['integer_kernel_fraction']:.0f}%",
             "ONNX kB": _kb(record["onnx_bytes"]),
             "integer export kB": _kb(record["export_file_bytes"]),
+            "weights": "a bit-identical retraining" if record["weights_from"] else "the run's own",
         })
     return pd.DataFrame(rows)
 
