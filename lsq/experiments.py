@@ -425,6 +425,9 @@ _ABLATION_ROWS_BY_PROFILE = {"full": (3,)}
 def ablation_rows(profile: str) -> tuple[int, ...]:
     """The rows whose ablations a profile trains."""
     return _ABLATION_ROWS_BY_PROFILE.get(profile, ABLATION_ROWS)
+# A row's budget has levelled off when its last epoch moves test top-1 by less than this, in
+# points, averaged over seeds (mean |Δ|): the criterion the `full` profile's epochs were chosen by.
+LEVELLED_POINTS = 0.3
 # An ablated setting "costs" or "gains" accuracy when the 95 % interval of its paired Δ against
 # the baseline setting lies wholly below −T or above +T points; T = 0 is the plain two-sided test.
 ABLATION_THRESHOLD = 0.0

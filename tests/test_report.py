@@ -559,3 +559,24 @@ def test_protocol_audit_is_derived_from_the_runs_configs(tmp_path):
                                    "verdict": audit.NOT_STATED}
     # A table that stands in for nothing published has no protocol to audit.
     assert audit.audit_table(tmp_path, "synthetic", runs.summaries).empty
+
+
+def test_a_row_has_levelled_off_when_its_last_epoch_moves_less_than_the_criterion():
+    from lsq.experiments import LEVELLED_POINTS
+    from lsq.report import convergence
+
+    def curve(row, seed, values, ablation=""):
+        return [{"row": row, "seed": seed, "ablation": ablation, "epoch": e, "test_top1": v}
+                for e, v in enumerate(values)]
+
+    epochs = pd.DataFrame(
+        curve(1, 0, [80.0, 92.0, 92.1]) + curve(1, 1, [80.0, 92.4, 92.2])  # |Δ| 0.1, 0.2
+        + curve(2, 0, [80.0, 91.0, 91.0 + LEVELLED_POINTS + 0.1])
+        + curve(3, 0, [80.0]) + curve(1, 0, [10.0, 50.0], ablation="init-x4"))
+    table = convergence.last_epoch_changes(epochs)
+    assert table.to_dict("records") == [
+        {"row": 1, "seeds": 2, "last epoch": 2, "Δ top-1, last epoch (per seed)": "+0.10, -0.20",
+         "mean Δ": "-0.05", "mean |Δ|": "0.15", "verdict": convergence.LEVELLED},
+        {"row": 2, "seeds": 1, "last epoch": 2, "Δ top-1, last epoch (per seed)": "+0.40",
+         "mean Δ": "+0.40", "mean |Δ|": "0.40", "verdict": convergence.NOT_LEVELLED}]
+    assert convergence.last_epoch_changes(epochs.iloc[0:0]).empty

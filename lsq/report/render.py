@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from lsq.errors import ConfigError
-from lsq.experiments import TABLES, get_table
-from lsq.report import analysis, audit, claims, deployed, figures, speed, tables
+from lsq.experiments import LEVELLED_POINTS, TABLES, get_table
+from lsq.report import analysis, audit, claims, convergence, deployed, figures, speed, tables
 from lsq.report.collect import Runs, load_runs, profile_rank
 from lsq.report.html import TEMPLATES, environment
 from lsq.report.notebooks import notebook_body, pygments_css, run_notebooks
@@ -98,6 +98,7 @@ class Page:
     problems: list[str] = field(default_factory=list)
     deployed: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs evaluated by ONNX Runtime
     audit: pd.DataFrame = field(default_factory=pd.DataFrame)  # lsq.report.audit
+    convergence: pd.DataFrame = field(default_factory=pd.DataFrame)  # lsq.report.convergence
     reproduction: str = ""  # what `make reproduce` found, from <runs>/<dataset>/<profile>/reproduction.json
     stand_in: str = ""  # why this dataset stands in for a published one (tables.stand_in_note)
     longer: list["Page"] = field(default_factory=list)  # this dataset's longer profiles with runs
@@ -208,6 +209,7 @@ def _page(runs: Runs) -> Page:
         stand_in=tables.stand_in_note(dataset),
         deployed=deployed.runs_table(deployments),
         audit=audit.audit_table(runs.root, dataset, summaries),
+        convergence=convergence.last_epoch_changes(runs.epochs),
     )
     reproduction = runs.root / dataset / profile / REPRODUCTION
     if reproduction.exists():
@@ -302,6 +304,7 @@ def _write_pages(runs: Runs, pages: list[Page], out_dir: Path, site: Path,
     common = dict(
         banner=SYNTHETIC_BANNER, interpretation=INTERPRETATION, paper_url=PAPER_URL,
         claims_note=CLAIMS_NOTE, ablation_note=ABLATION_NOTE, deployed_note=DEPLOYED_NOTE,
+        levelled_points=LEVELLED_POINTS,
         pages=pages, generated_from=str(runs.root), root="",
     )
     lead = lead_page(pages)
