@@ -410,6 +410,12 @@ ABLATIONS: tuple[Ablation, ...] = (
     Ablation("distill", "distillation", "distilled from the float baseline", ("optim.distill=true",)),
 )
 SEED_FACTORS = ("step_init", "step_lr", "scheduler")  # what the seed's analysis names
+# The LSQ paper's own ablations of a factor, on 2-bit ResNet-18 / ImageNet: what they vary, and
+# the published top-1 per setting where the paper's text confirms it (none could be: PAPER_NOTE).
+PAPER_ABLATIONS: dict[str, tuple[str, dict[str, float]]] = {
+    "step_lr": ("the step-size gradient scale (1/sqrt(N·Q_P), 1/sqrt(N), 1)", {}),
+    "scheduler": ("cosine against step learning-rate decay", {}),
+}
 ABLATION_BASELINE_VALUES = {
     "step_init": "LSQ init x1",
     "step_lr": "step-size lr x1, g on",

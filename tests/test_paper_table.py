@@ -172,3 +172,15 @@ def test_the_paper_page_analyses_its_distilled_row_only(tmp_path):
     # The seed's tables list the seed's factors even before any ablation ran.
     assert list(analysis.factors_for("fashion-mnist", runs.summaries.iloc[0:0],
                                      runs.in_progress.iloc[0:0])) == ["step_init", "step_lr", "scheduler"]
+
+
+def test_the_papers_ablations_stand_beside_the_measured_ones_only_where_confirmed(monkeypatch):
+    from lsq import experiments
+
+    assert analysis.paper_ablation_note("step_init") == ""  # the paper's ablations: none of init
+    note = analysis.paper_ablation_note("scheduler")
+    assert "nor its numbers could be confirmed" in note and "no number is shown" in note
+    monkeypatch.setitem(experiments.PAPER_ABLATIONS, "scheduler",
+                        ("cosine against step decay", {"cosine": 67.6, "step": 67.2}))
+    monkeypatch.setattr(analysis, "PAPER_ABLATIONS", experiments.PAPER_ABLATIONS)
+    assert analysis.paper_ablation_note("scheduler").endswith("its top-1: cosine 67.6, step 67.2.")

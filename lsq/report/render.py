@@ -223,6 +223,7 @@ def _page(runs: Runs) -> Page:
             numbers = analysis.ablation_table(summaries, runs.in_progress, factor)
             page.analysis.append({
                 "factor": factor, "title": title, "advice": analysis.ADVICE[factor],
+                "paper": analysis.paper_ablation_note(factor),
                 "table": analysis.format_ablation_table(numbers),
                 "verdicts": analysis.verdicts(numbers),
             })
