@@ -512,6 +512,7 @@ def test_each_quantized_row_gets_its_deployed_columns(tmp_path):
         run = tmp_path / "fashion-mnist" / "full" / "row3" / f"seed{seed}"
         (run / "deployed.json").write_text(json.dumps({
             "form": "integer", "test_images": 10000, "pytorch_top1": 92.89 - seed * 0.4,
+            "summary_top1": 92.90 - seed * 0.4,
             "top1": ort, "agreement": agreement, "integer_kernel_fraction": 0.9,
             "onnx_bytes": 308995, "export_bytes": 60000, "float32_bytes": 1080000}))
     write_run(tmp_path, "fashion-mnist", "full", "row3-init-x4", 0, 90.0)  # an ablation: own page
@@ -526,13 +527,13 @@ def test_each_quantized_row_gets_its_deployed_columns(tmp_path):
     by_row = {row: {key[1]: out[key].iloc[i] for key in out.columns
                     if key[0] == deployed_report.GROUP}
               for i, row in enumerate(out[("ID", "")])}
-    assert by_row["3"] == {"ONNX Runtime top-1": "92.69 (Δ PyTorch +0.00)", "same class": "99.90% (lowest)",
+    assert by_row["3"] == {"ONNX Runtime top-1": "92.69 (Δ test_acc -0.01)", "same class": "99.90% (lowest)",
                            "export vs float32": "60 kB, 18.0x smaller"}
     assert by_row["2"]["ONNX Runtime top-1"] == deployed_report.NOT_DEPLOYED
     assert by_row["0"]["ONNX Runtime top-1"] == "—"
     # One seed of two deployed: the cell says so.
     cells = deployed_report.row_columns(records[records["seed"] == 1], [3], {3: 2})
-    assert cells[3][(deployed_report.GROUP, deployed_report.TOP1)] == "92.50 (Δ PyTorch +0.01, 1 of 2 seeds)"
+    assert cells[3][(deployed_report.GROUP, deployed_report.TOP1)] == "92.50 (Δ test_acc +0.00, 1 of 2 seeds)"
     # A page with no deployed run keeps the seed's columns only.
     assert deployed_report.add_row_columns(results, records.iloc[0:0], {}).equals(results)
 

@@ -31,7 +31,7 @@ from lsq.report.provenance import (REPRODUCTION, data_text, distinct, epochs_tex
 SYNTHETIC_BANNER = "SYNTHETIC DATA: numbers measure nothing about LSQ"
 DEPLOYED_NOTE = (
     "the row's ONNX graph run by ONNX Runtime (CPU) on the whole test set, mean over its deployed "
-    "seeds, with its mean difference to the PyTorch model; same class = the share of test images "
+    "seeds, with its mean difference to the run's own test top-1 (test_acc); same class = the share of test images "
     "that get the PyTorch model's class (the lowest over seeds); export = the integer export "
     "(codes and step sizes, export.pt) against the same model in float32. Per run: the Deployed "
     "section below.")
