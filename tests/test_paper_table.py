@@ -134,6 +134,8 @@ def test_the_paper_page_takes_its_float_row_from_the_seed_table_and_shows_no_pap
     assert drops[1] == pytest.approx(0.9) and drops[3] == pytest.approx(0.0)
     shown = tables.format_results_table(numbers, "fashion-mnist-paper")
     assert not any("paper" in str(sub) or "Δ" in str(sub) for _, sub in shown.columns)
+    # Nor a published epoch count: the readable source states none.
+    assert ("epoch", "") in shown.columns and shown[("epoch", "")].tolist() == ["20", "8", "8", "8", "8"]
     # Its own claim, from the paper's abstract, judged on the 3/3 row.
     verdicts = claims.evaluate_claims(runs.summaries, "fashion-mnist-paper", runs.in_progress)
     assert [v.claim.key for v in verdicts] == ["three-bit-full-precision"]
@@ -154,6 +156,10 @@ def test_the_paper_audit_states_only_what_the_paper_says(tmp_path):
     assert lines["row 1: weight levels"] == {"element": "row 1: weight levels",
                                              "published": "[-2,-1,0,1]",
                                              "these runs": "[-2,-1,0,1]", "verdict": audit.MATCHES}
+    # The paper's readable text states its precisions, not the rows' lr or first/last setting.
+    assert lines["row 1: base lr"]["verdict"] == lines["row 4: first/last quantized"]["verdict"] \
+        == audit.NOT_STATED
+    assert lines["quantized epochs"]["verdict"] == audit.NOT_STATED
     assert lines["dataset"]["verdict"] == "departs: Fashion-MNIST (real) instead of ImageNet (LSQ paper) (real)"
     assert PROTOCOLS["imagenet-paper"].weight_decay is None  # per-precision decay: unconfirmed
 

@@ -88,15 +88,16 @@ def audit_table(root: Path, dataset: str, summaries: pd.DataFrame) -> pd.DataFra
         if row.is_float:
             continue
         mine = [c for c in quantized if c.row == row.id]
-        lines += [
-            _line(f"row {row.id}: base lr", f"{row.lr_base:g}", mine, lambda c: f"{c.optim.lr:g}"),
-            _line(f"row {row.id}: weight levels", format_levels(row.constr_w), mine,
-                  lambda c: c.quant.weight_levels),
-            _line(f"row {row.id}: activation levels", format_levels(row.constr_a), mine,
-                  lambda c: c.quant.act_levels),
-            _line(f"row {row.id}: first/last quantized", "yes" if row.quan_lr else "no", mine,
-                  lambda c: "yes" if c.quant.quantize_first_last else "no"),
+        settings = [
+            ("base lr", f"{row.lr_base:g}", lambda c: f"{c.optim.lr:g}"),
+            ("weight levels", format_levels(row.constr_w), lambda c: c.quant.weight_levels),
+            ("activation levels", format_levels(row.constr_a), lambda c: c.quant.act_levels),
+            ("first/last quantized", "yes" if row.quan_lr else "no",
+             lambda c: "yes" if c.quant.quantize_first_last else "no"),
         ]
+        lines += [_line(f"row {row.id}: {name}",
+                        published if name in protocol.stated_row_settings else None, mine, describe)
+                  for name, published, describe in settings]
     lines += [
         _line("first/last precision", protocol.first_last_precision, quantized,
               lambda c: "as the other layers" if c.quant.first_last_weight_levels is None

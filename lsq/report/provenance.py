@@ -82,7 +82,9 @@ def epochs_text(summaries: pd.DataFrame, dataset: str) -> str:
     if len(quantized):
         counts = epoch_counts(quantized)
         parts.append(f"quantized rows {counts} epoch{'' if counts == '1' else 's'}")
-    return "; ".join(parts) + f" (the paper: {get_table(dataset).row(1).epoch})"
+    published = get_table(dataset).row(1).epoch
+    return "; ".join(parts) + (f" (the paper: {published})" if published is not None
+                               else " (the paper's count: not stated by a readable source)")
 
 def short_epochs(summaries: pd.DataFrame) -> str:
     plain = summaries[summaries["ablation"] == ""]

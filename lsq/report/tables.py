@@ -273,9 +273,12 @@ def format_results_table(numbers: pd.DataFrame, dataset: str) -> pd.DataFrame:
     # No paper columns where the published table holds no number (the LSQ paper's, here).
     has_numbers = reference is not None and any(row.published for row in reference.rows)
     paper = paper_label(dataset) if has_numbers else None
-    paper_epochs = set(numbers["epoch"]) if len(numbers) else set()
-    # One paper epoch count for all rows (the seed's 90) goes into the header, not every cell.
-    epoch_header = f"epoch (paper {paper_epochs.pop()})" if len(paper_epochs) == 1 else "epoch"
+    paper_epochs = set(numbers["epoch"].dropna()) if len(numbers) else set()
+    stated = len(numbers) and numbers["epoch"].notna().all()
+    # One paper epoch count for all rows (the seed's 90) goes into the header, not every cell;
+    # a source that states none (the LSQ paper's, as far as readable) gets none.
+    epoch_header = f"epoch (paper {int(paper_epochs.pop())})" if stated and len(paper_epochs) == 1 \
+        else "epoch"
     rows = []
     for _, record in numbers.iterrows():
         epochs = _epochs_run(record)
@@ -283,8 +286,8 @@ def format_results_table(numbers: pd.DataFrame, dataset: str) -> pd.DataFrame:
             ("ID", ""): str(record["ID"]),
             **{(name, ""): _setting(record[name], record.get(f"recipe_{name}", record[name]))
                for name in SETTINGS},
-            (epoch_header, ""): epochs if epoch_header != "epoch"
-            else f"{epochs} (paper {record['epoch']})",
+            (epoch_header, ""): epochs if epoch_header != "epoch" or pd.isna(record["epoch"])
+            else f"{epochs} (paper {int(record['epoch'])})",
             ("seeds", ""): _seeds_cell(int(record[f"{table.metrics[0]}_n"]),
                                        int(record["in_progress"])),
         }
