@@ -348,8 +348,13 @@ def is_done(run_dir: str | Path) -> bool:
 
 
 @functools.cache
+@functools.cache
 def git_sha() -> str:
-    """The source tree's commit, with ``-dirty`` when it has uncommitted changes to tracked files."""
+    """The source tree's commit, with ``-dirty`` when it has uncommitted changes to tracked files.
+
+    Read once per process: the code a process runs is what it imported when it started, so a
+    commit or an edit of the tree while it trains must not change the SHA its files name
+    (lsq.engine.run.fit asks at its start)."""
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(

@@ -558,3 +558,23 @@ def test_an_interrupt_inside_a_write_stays_an_interrupt(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         runfmt.atomic_write(target, write)
     assert target.read_bytes() == b"old" and not runfmt.temp_files(tmp_path)
+
+
+def test_a_run_names_the_code_it_started_with_not_a_later_commit(monkeypatch):
+    """git_sha is read once per process (fit asks first): a commit or an edit of the tree while
+    a run trains must not change the SHA its summary names."""
+    from lsq import runs as run_format
+
+    calls = []
+    real_run = run_format.subprocess.run
+
+    def counting(command, *args, **kwargs):
+        calls.append(command)
+        return real_run(command, *args, **kwargs)
+
+    run_format.git_sha.cache_clear()
+    monkeypatch.setattr(run_format.subprocess, "run", counting)
+    first = run_format.git_sha()
+    asked = len(calls)
+    assert run_format.git_sha() == first and len(calls) == asked  # cached: git not asked again
+    run_format.git_sha.cache_clear()

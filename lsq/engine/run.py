@@ -89,6 +89,7 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
     checkpoint (``retrain_baseline_checkpoint``)."""
     runs_dir = Path(runs_dir)
     run_dir = config.run_dir(runs_dir)
+    runs.git_sha()  # the code this process started with, before hours of training (cached)
     if retrain_baseline and config.quant.is_float:
         raise ConfigError("--retrain-baseline is for the quantized rows 1-4, which start from "
                           "row 0; to train row 0 itself, leave it out")
