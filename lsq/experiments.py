@@ -104,6 +104,9 @@ class Table:
     # Ablations (row, name) that `make <table>` trains with its rows, seed for seed.
     table_ablations: tuple[tuple[int, str], ...] = ()
     published_note: str = ""  # what the published numbers are, or why some are left out
+    # Whose table this is: "seed" (the seed README's four rows, its claims and three analysis
+    # factors) or "paper" (the LSQ paper's precisions, its own claims and distilled rows).
+    source: str = "seed"
 
     @property
     def data_name(self) -> str:
@@ -199,6 +202,7 @@ TABLES: dict[str, Table] = {
         "ImageNet, ResNet-18 at the LSQ paper's precisions (w/a 2/2, 3/3, 4/4, 8/8; first and "
         "last layers at 8 bits)", "ImageNet (LSQ paper)", data_from="imagenet",
         baseline_from="imagenet", claims=("three-bit-full-precision",), published_note=PAPER_NOTE,
+        source="paper",
         table_ablations=((1, "distill"), (2, "distill")),  # the paper distilled 2/2 and 3/3
     ),
     "fashion-mnist-paper": Table(
@@ -209,7 +213,7 @@ TABLES: dict[str, Table] = {
         stand_in_reason="ImageNet cannot be downloaded on this machine's network, and "
                         "Fashion-MNIST is installed with the system's packages",
         data_from="fashion-mnist", baseline_from="fashion-mnist",
-        table_ablations=((1, "distill"),),
+        table_ablations=((1, "distill"),), source="paper",
     ),
     "synthetic": Table(
         "synthetic", "resnet20", 10, 3, 32, ("top1",), _rows(None, {}), "synthetic", False,

@@ -35,6 +35,8 @@ def test_the_paper_rows_are_whole_b_bit_precisions_with_first_last_at_8_bits(nam
     # Nothing published that could not be confirmed; the page says why.
     assert not any(row.published for row in table.rows)
     assert all(row.bits is None for row in TABLES["cifar10"].rows)  # ternary is not 2-bit
+    assert table.source == "paper"
+    assert {TABLES[t].source for t in TABLES if t not in PAPER_TABLES} == {"seed"}
 
 
 def test_a_paper_row_converts_its_first_and_last_layers_at_8_bits():
@@ -190,3 +192,16 @@ def test_the_papers_ablations_stand_beside_the_measured_ones_only_where_confirme
                         ("cosine against step decay", {"cosine": 67.6, "step": 67.2}))
     monkeypatch.setattr(analysis, "PAPER_ABLATIONS", experiments.PAPER_ABLATIONS)
     assert analysis.paper_ablation_note("scheduler").endswith("its top-1: cosine 67.6, step 67.2.")
+
+
+def test_the_paper_page_names_the_paper_as_the_source_of_its_claims(tmp_path):
+    from lsq.report import build_report
+
+    _paper_runs(tmp_path)
+    for seed in (0, 1):
+        _paper_run(tmp_path, "row1-distill", seed, 92.5 + seed)
+    build_report(tmp_path, tmp_path / "report", execute_notebooks=False)
+    pages = {p.name: p.read_text() for p in (tmp_path / "report").glob("*.md")}
+    paper, analysis_page = pages["fashion-mnist-paper-full.md"], pages["fashion-mnist-paper-full-analysis.md"]
+    assert "## Claims of the LSQ paper" in paper and "Claims of the seed README" not in paper
+    assert "distill" in analysis_page and "The seed README names three factors" not in analysis_page

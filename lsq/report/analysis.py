@@ -62,7 +62,7 @@ def factors_for(dataset: str, summaries: pd.DataFrame, in_progress: pd.DataFrame
     every factor the seed names, so that one not yet run shows as "not run"."""
     found = set(summaries["ablation"]) | set(in_progress["ablation"])
     with_runs = {a.factor for a in ABLATIONS if a.name in found}
-    seed_table = not get_table(dataset).table_ablations
+    seed_table = get_table(dataset).source == "seed"
     return {factor: title for factor, title in FACTORS.items()
             if factor in with_runs or (seed_table and factor in SEED_FACTORS)}
 

@@ -106,8 +106,7 @@ class Page:
     @property
     def claims_source(self) -> str:
         """Whose claims the page checks: the LSQ paper's for its table, else the seed README's."""
-        reference = tables.reference_table(self.dataset)
-        return "the LSQ paper" if reference is not None and reference.claims else "the seed README"
+        return "the LSQ paper" if get_table(self.dataset).source == "paper" else "the seed README"
 
     @property
     def published_note(self) -> str:
