@@ -25,9 +25,9 @@ from lsq.quant.export import (
     export_model,
     export_summary,
     load_export,
-    pack_2bit,
+    pack_codes,
     save_export,
-    unpack_2bit,
+    unpack_codes,
 )
 from lsq.quant.layers import QConv2d, QLinear
 from lsq.models import build_model
@@ -38,7 +38,10 @@ LEVEL_CASES = {
     "ternary": (TERNARY, "2bit"),
     "2bit-unsigned": (UNSIGNED_2BIT, "2bit"),
     "2bit-signed": ((-2, 1), "2bit"),
-    "4bit-signed": ((-8, 7), "int8"),
+    "3bit-signed": ((-4, 3), "4bit"),
+    "4bit-signed": ((-8, 7), "4bit"),
+    "4bit-unsigned": ((0, 15), "4bit"),
+    "5bit-signed": ((-16, 15), "int8"),
     "8bit-signed": ((-128, 127), "int8"),
     "8bit-unsigned": ((0, 255), "int16"),
 }
@@ -90,9 +93,10 @@ def test_round_trip_is_bitwise_exact(case, kind, per_channel, tmp_path):
     export = export_model(layer)
     entry = export["layers"][""]
     assert entry["packing"] == packing
-    if packing == "2bit":
+    if packing in ("2bit", "4bit"):
         assert entry["codes"].dtype == torch.uint8
-        assert entry["codes"].numel() == math.ceil(layer.weight.numel() / 4)
+        per_byte = 8 // int(packing[0])
+        assert entry["codes"].numel() == math.ceil(layer.weight.numel() / per_byte)
     else:
         assert entry["codes"].dtype == getattr(torch, packing)
     assert torch.equal(dequantize(export)[""], expected)
@@ -126,24 +130,47 @@ def test_export_file_loads_with_weights_only(tmp_path):
 
 def test_pack_2bit_format_is_pinned():
     # u = code - q_min = [2, 0, 1, 2 | 2]: byte0 = 2 | 0 << 2 | 1 << 4 | 2 << 6 = 146, byte1 = 2.
-    packed = pack_2bit(torch.tensor([1, -1, 0, 1, 1]), q_min=-1)
+    packed = pack_codes(torch.tensor([1, -1, 0, 1, 1]), q_min=-1, bits=2)
     assert packed.dtype == torch.uint8 and packed.tolist() == [146, 2]
-    assert unpack_2bit(packed, 5, -1).tolist() == [1, -1, 0, 1, 1]
+    assert unpack_codes(packed, 5, -1, bits=2).tolist() == [1, -1, 0, 1, 1]
+
+
+def test_pack_4bit_format_is_pinned():
+    # u = code - q_min = [11, 0 | 15]: byte0 = 11 | 0 << 4 = 11, byte1 = 15 (high nibble padding).
+    packed = pack_codes(torch.tensor([3, -8, 7]), q_min=-8, bits=4)
+    assert packed.dtype == torch.uint8 and packed.tolist() == [11, 15]
+    assert pack_codes(torch.tensor([0, 15]), q_min=0, bits=4).tolist() == [0 | 15 << 4]
+    assert unpack_codes(packed, 3, -8, bits=4).tolist() == [3, -8, 7]
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(0, 41), q_min=st.sampled_from([-2, -1, 0]), data=st.data())
-def test_pack_unpack_any_length(n, q_min, data):
-    codes = data.draw(st.lists(st.integers(q_min, q_min + 3), min_size=n, max_size=n))
+@given(n=st.integers(0, 41), bits=st.sampled_from([2, 4]), q_min=st.sampled_from([-8, -2, -1, 0]),
+       data=st.data())
+def test_pack_unpack_any_length(n, bits, q_min, data):
+    top = q_min + (1 << bits) - 1
+    codes = data.draw(st.lists(st.integers(q_min, top), min_size=n, max_size=n))
     codes = torch.tensor(codes, dtype=torch.int16)
-    packed = pack_2bit(codes, q_min)
-    assert packed.numel() == math.ceil(n / 4)
-    assert torch.equal(unpack_2bit(packed, n, q_min), codes)
+    packed = pack_codes(codes, q_min, bits)
+    assert packed.numel() == math.ceil(n / (8 // bits))
+    assert torch.equal(unpack_codes(packed, n, q_min, bits), codes)
 
 
-def test_pack_rejects_wide_codes():
-    with pytest.raises(ValueError, match="2 bits"):
-        pack_2bit(torch.tensor([0, 4]), q_min=0)
+@pytest.mark.parametrize("bits, codes", [(2, [0, 4]), (4, [0, 16])])
+def test_pack_rejects_wide_codes(bits, codes):
+    with pytest.raises(ValueError, match=f"{bits} bits"):
+        pack_codes(torch.tensor(codes), q_min=0, bits=bits)
+
+
+def test_a_version_1_export_still_loads_and_a_newer_one_is_refused(tmp_path):
+    # Version 1 had no "4bit" packing; its layers (2bit / int8 / int16) read unchanged.
+    layer = _layer("conv", TERNARY, False)
+    expected = layer.weight_quantizer(layer.weight).detach()
+    export = export_model(layer)
+    save_export({**export, "version": 1}, tmp_path / "v1.pt")
+    assert torch.equal(dequantize(load_export(tmp_path / "v1.pt"))[""], expected)
+    save_export({**export, "version": 3}, tmp_path / "v3.pt")
+    with pytest.raises(ExportError, match="unsupported LSQ export version 3; this lsq reads versions 1, 2"):
+        load_export(tmp_path / "v3.pt")
 
 
 # --- summary ----------------------------------------------------------------------------------
@@ -325,4 +352,4 @@ def test_export_entries_are_plain(tmp_path):
 
     check(export_model(model))
     assert lsq_export.FORMAT == "lsq-export"
-    assert copy.deepcopy(export_model(model))["version"] == 1
+    assert copy.deepcopy(export_model(model))["version"] == 2

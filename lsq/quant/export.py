@@ -10,16 +10,21 @@ quantizer's output.
 Storage of the codes (``span = q_max - q_min``):
 
 * ``span <= 3`` (ternary, 2-bit): packed 4 codes per ``uint8`` byte, little end first,
-  ``byte = u0 | u1 << 2 | u2 << 4 | u3 << 6`` with ``u = k - q_min`` in ``0..3``; the last byte is
-  zero-padded, and ``numel`` says how many codes are real;
+  ``byte = u0 | u1 << 2 | u2 << 4 | u3 << 6`` with ``u = k - q_min`` in ``0..3``;
+* ``span <= 15`` (3-bit, 4-bit): packed 2 codes per ``uint8`` byte, ``byte = u0 | u1 << 4`` with
+  ``u`` in ``0..15``;
 * levels that fit ``[-128, 127]``: one ``int8`` per code;
 * anything wider: one ``int16`` per code.
+
+In the packed forms the last byte is zero-padded, and ``numel`` says how many codes are real.
+Version 1 exports (written before the 4-bit packing existed) have no ``"4bit"`` layer and read
+as before.
 
 The export is a plain dict of tensors, ints, strings and lists, so that
 ``torch.load(path, weights_only=True)`` reads it::
 
-    {"format": "lsq-export", "version": 1,
-     "layers": {name: {"codes", "packing" ("2bit" | "int8" | "int16"), "shape", "numel",
+    {"format": "lsq-export", "version": 2,
+     "layers": {name: {"codes", "packing" ("2bit" | "4bit" | "int8" | "int16"), "shape", "numel",
                        "q_min", "q_max", "step_size", "per_channel", "dtype"}},
      "float_state": {key: tensor},   # the rest of state_dict: BN, biases, float layers,
                                      # activation step sizes
@@ -45,36 +50,42 @@ from lsq.quant.quantizer import MIN_STEP_SIZE, LsqQuantizer
 from lsq.runs import atomic_torch_save
 
 FORMAT = "lsq-export"
-VERSION = 1
-_SHIFTS = (0, 2, 4, 6)
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 2 added the "4bit" packing; a version-1 export reads unchanged
+# Packed forms: name -> bits per code; a byte holds 8 // bits codes, the first in the low bits.
+PACKED_BITS = {"2bit": 2, "4bit": 4}
 
 
 # --- code packing ---------------------------------------------------------------------------
 
 
-def pack_2bit(codes: torch.Tensor, q_min: int) -> torch.Tensor:
-    """Pack integer codes in ``q_min..q_min+3`` four to a ``uint8`` byte (see module docstring)."""
+def pack_codes(codes: torch.Tensor, q_min: int, bits: int) -> torch.Tensor:
+    """Pack integer codes in ``q_min..q_min+2^bits-1`` ``8 // bits`` to a ``uint8`` byte (see
+    the module docstring); ``bits`` is 2 or 4."""
+    per_byte, top = 8 // bits, (1 << bits) - 1
     u = (codes.flatten().to(torch.int16) - q_min).to(torch.uint8)
-    if u.numel() and (int(u.max()) > 3):
-        raise ValueError(f"codes span more than 4 levels from q_min={q_min}; cannot pack to 2 bits")
-    padding = (-u.numel()) % 4
-    u = torch.cat([u, u.new_zeros(padding)]).view(-1, 4)
+    if u.numel() and (int(u.max()) > top):
+        raise ValueError(f"codes span more than {top + 1} levels from q_min={q_min}; "
+                         f"cannot pack to {bits} bits")
+    padding = (-u.numel()) % per_byte
+    u = torch.cat([u, u.new_zeros(padding)]).view(-1, per_byte)
     packed = u[:, 0]
-    for column, shift in enumerate(_SHIFTS[1:], start=1):
-        packed = packed | (u[:, column] << shift)
+    for column in range(1, per_byte):
+        packed = packed | (u[:, column] << (column * bits))
     return packed.contiguous()
 
 
-def unpack_2bit(packed: torch.Tensor, numel: int, q_min: int) -> torch.Tensor:
-    """Inverse of :func:`pack_2bit`: the first ``numel`` codes, as int16."""
-    shifts = torch.tensor(_SHIFTS, dtype=torch.uint8, device=packed.device)
-    u = (packed.reshape(-1, 1) >> shifts) & 3
+def unpack_codes(packed: torch.Tensor, numel: int, q_min: int, bits: int) -> torch.Tensor:
+    """Inverse of :func:`pack_codes`: the first ``numel`` codes, as int16."""
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+    u = (packed.reshape(-1, 1) >> shifts) & ((1 << bits) - 1)
     return u.flatten()[:numel].to(torch.int16) + q_min
 
 
 def _packing(q_min: int, q_max: int) -> str:
-    if q_max - q_min <= 3:
-        return "2bit"
+    for packing, bits in PACKED_BITS.items():
+        if q_max - q_min < 1 << bits:
+            return packing
     if q_min >= -128 and q_max <= 127:
         return "int8"
     return "int16"
@@ -83,15 +94,16 @@ def _packing(q_min: int, q_max: int) -> str:
 def encode_codes(codes: torch.Tensor, q_min: int, q_max: int) -> tuple[torch.Tensor, str]:
     """Store integer codes compactly; returns ``(stored tensor, packing name)``."""
     packing = _packing(q_min, q_max)
-    if packing == "2bit":
-        return pack_2bit(codes, q_min), packing
+    if packing in PACKED_BITS:
+        return pack_codes(codes, q_min, PACKED_BITS[packing]), packing
     return codes.flatten().to(getattr(torch, packing)).contiguous(), packing
 
 
 def decode_codes(layer: dict) -> torch.Tensor:
     """The integer codes of an exported layer, int16, in the weight's shape."""
-    if layer["packing"] == "2bit":
-        flat = unpack_2bit(layer["codes"], layer["numel"], layer["q_min"])
+    if layer["packing"] in PACKED_BITS:
+        flat = unpack_codes(layer["codes"], layer["numel"], layer["q_min"],
+                            PACKED_BITS[layer["packing"]])
     else:
         flat = layer["codes"].to(torch.int16)
     return flat.reshape(layer["shape"])
@@ -151,8 +163,10 @@ def export_model(model: nn.Module) -> dict:
 def _check_export(export: dict) -> dict:
     if not isinstance(export, dict) or export.get("format") != FORMAT:
         raise ExportError("not an LSQ export (missing format='lsq-export')")
-    if export.get("version") != VERSION:
-        raise ExportError(f"unsupported LSQ export version {export.get('version')!r}; expected {VERSION}")
+    if export.get("version") not in READABLE_VERSIONS:
+        raise ExportError(f"unsupported LSQ export version {export.get('version')!r}; this lsq reads "
+                          f"versions {', '.join(map(str, READABLE_VERSIONS))}: read it with the lsq that "
+                          "wrote it, or export the run again (python -m lsq export RUN_DIR)")
     return export
 
 
