@@ -119,6 +119,10 @@ def _train_parser(sub) -> None:
                    help="rows 1-4 whose float baseline is finished without a checkpoint.pt (a "
                         "committed run): first retrain the baseline into RUNS/.baselines/ and "
                         "check it against the committed results")
+    p.add_argument("--diverged-ok", action="store_true",
+                   help="a run whose loss becomes non-finite is a result (diverged.json, shown "
+                        "by the report): say so and exit 0, now and when asked for again; make "
+                        "trains the ablations so")
 
 
 def _config_from_args(args):
@@ -145,13 +149,29 @@ def _config_from_args(args):
 
 
 def _train(args) -> int:
-    from lsq.engine.launch import fit_after_baseline
-    from lsq.engine.run import fit
+    from lsq.errors import NonFiniteLossError
 
     config = _config_from_args(args)
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
+    try:
+        _fit(config, args)
+    except NonFiniteLossError as error:
+        from pathlib import Path
+
+        from lsq import runs
+
+        if not (args.diverged_ok and runs.read_diverged(config.run_dir(Path(args.runs_dir)))):
+            raise
+        print(f"diverged: {error}")
+    return 0
+
+
+def _fit(config, args) -> None:
+    from lsq.engine.launch import fit_after_baseline
+    from lsq.engine.run import fit
+
     try:
         if args.wait_for_baseline:
             if args.retrain_baseline:
@@ -168,7 +188,6 @@ def _train(args) -> int:
             # Tear the process group down in step: a rank that exits while its peer is still
             # closing gloo's connections can abort the peer (SIGABRT).
             dist.destroy_process_group()
-    return 0
 
 
 def _check_data(args) -> int:

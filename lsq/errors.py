@@ -36,7 +36,17 @@ class BaselineMissingError(TrainingError):
 
 
 class NonFiniteLossError(TrainingError):
-    """The training or test loss became NaN or infinite: the run diverged."""
+    """The training or test loss became NaN or infinite: the run diverged.
+
+    ``epoch`` (1-based, the epoch being trained), ``step`` (1-based within it; None when the
+    test loss was the first non-finite number) and ``layer`` (the first module whose output is
+    not finite, where found) say where; ``epoch`` is None when the model was non-finite before
+    any step, which is not a divergence of this run."""
+
+    def __init__(self, message: str, *, epoch: int | None = None, step: int | None = None,
+                 layer: str | None = None):
+        super().__init__(message)
+        self.epoch, self.step, self.layer = epoch, step, layer
 
 
 class CorruptCheckpointError(TrainingError):

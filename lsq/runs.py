@@ -7,6 +7,8 @@ A run is ``<runs>/<dataset>/<profile>/row<k>[-<ablation>]/seed<s>/`` holding
 * ``metrics.jsonl``: one JSON object per finished epoch (epoch 0: the model before any step);
 * ``checkpoint.pt``: everything a resume needs (written by :mod:`lsq.engine.checkpoint`);
 * ``summary.json``: the results, written last: its presence means "done";
+* ``diverged.json``: instead of a summary, where the loss became non-finite: where it did (epoch,
+  step, first non-finite layer) and the provenance; divergence is a result, not a crash;
 * ``.lock``: the run's lock (:mod:`lsq.runlock`), there while a process trains it (and after a
   kill); readers ignore it.
 
@@ -40,8 +42,9 @@ CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 EXPORT = "export.pt"  # python -m lsq export RUN_DIR: the compact integer weights
 DEPLOYED = "deployed.json"  # python -m lsq export RUN_DIR --format onnx: ONNX Runtime's results
+DIVERGED = "diverged.json"  # written instead of summary.json by a run whose loss became non-finite
 LOCK = ".lock"
-WRITTEN = (CONFIG, METRICS, CHECKPOINT, SUMMARY)  # each replaced atomically by atomic_write
+WRITTEN = (CONFIG, METRICS, CHECKPOINT, SUMMARY, DIVERGED)  # each replaced atomically by atomic_write
 
 # What measures the machine and the moment rather than the result (docs/run-format.md): left out
 # when runs are compared (lsq.compare, the tests' resume and parallel-run checks).
@@ -321,23 +324,36 @@ def append_metrics(path: str | Path, record: dict) -> None:
     rewrite_metrics(path, read_metrics(path) + [record])
 
 
+def _read_object(path: Path, fix: str) -> dict | None:
+    """A strict JSON object file, or None without the file; anything else is a
+    :class:`RunFileError` naming the file and ``fix``."""
+    if not path.exists():
+        return None
+    try:
+        data = _strict_loads(path.read_text(errors="replace"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as error:
+        raise RunFileError(f"{path} is unreadable ({error}); {fix}") from None
+    return data
+
+
 def read_summary(run_dir: str | Path) -> dict | None:
     """A run's ``summary.json``, or None while the run is unfinished. One that does not parse as
     a strict JSON object is a :class:`RunFileError` naming the file and the fix, for every
     reader alike (``lsq train``, ``compare-runs``)."""
-    path = Path(run_dir) / SUMMARY
-    if not path.exists():
-        return None
-    try:
-        summary = _strict_loads(path.read_text(errors="replace"))
-        if not isinstance(summary, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as error:
-        raise RunFileError(
-            f"{path} is unreadable ({error}); restore it (git checkout, for a committed run) or "
-            f"delete it and run the same lsq train command again, which finishes the run from "
-            f"its checkpoint") from None
-    return summary
+    return _read_object(
+        Path(run_dir) / SUMMARY,
+        "restore it (git checkout, for a committed run) or delete it and run the same lsq "
+        "train command again, which finishes the run from its checkpoint")
+
+
+def read_diverged(run_dir: str | Path) -> dict | None:
+    """A run's ``diverged.json`` (where its loss became non-finite), or None."""
+    return _read_object(
+        Path(run_dir) / DIVERGED,
+        "restore it (git checkout, for a committed run) or delete it and run the same lsq "
+        "train command again, which trains the run on from its checkpoint")
 
 
 def is_done(run_dir: str | Path) -> bool:

@@ -122,43 +122,55 @@ def _existing(runs_dir: str | Path) -> Path:
 
 
 def import_runs(runs_dir: str | Path = "runs", tracking_uri: str = DEFAULT_TRACKING_URI) -> dict:
-    """Import every finished run under ``runs_dir`` into the MLflow store at ``tracking_uri``;
-    returns counts: ``imported``, ``replaced``, ``unchanged``, ``unfinished``, ``unreadable``
-    (a run whose files do not parse: warned about, skipped)."""
+    """Import every finished or diverged run under ``runs_dir`` into the MLflow store at
+    ``tracking_uri``; returns counts: ``imported``, ``replaced``, ``unchanged``, ``unfinished``,
+    ``unreadable`` (a run whose files do not parse: warned about, skipped), and ``diverged``
+    (of those imported or replaced, the runs with ``diverged.json``: MLflow status FAILED,
+    tagged with where they diverged)."""
     import yaml
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
     root = _existing(runs_dir)
     client = MlflowClient(tracking_uri=tracking_uri)
-    counts = {"imported": 0, "replaced": 0, "unchanged": 0, "unfinished": 0, "unreadable": 0}
+    counts = {"imported": 0, "replaced": 0, "unchanged": 0, "unfinished": 0, "unreadable": 0,
+              "diverged": 0}
     for run_id, run_dir in run_format.discover(root):
         try:
             summary = run_format.read_summary(run_dir)
+            divergence = run_format.read_diverged(run_dir) if summary is None else None
             records = run_format.read_metrics(run_dir / run_format.METRICS)
             config = yaml.safe_load((run_dir / run_format.CONFIG).read_text())
         except (OSError, ValueError, yaml.YAMLError) as error:
             warnings.warn(f"{run_dir}: not imported ({error})", stacklevel=2)
             counts["unreadable"] += 1
             continue
-        if summary is None:
+        if summary is None and divergence is None:
             counts["unfinished"] += 1
             continue
+        result = summary if summary is not None else divergence
+        ended_at = str(result.get("finished_at" if summary is not None else "diverged_at"))
         path = run_dir.relative_to(root).as_posix()
         name = f"{run_id.dataset}/{run_id.profile}"
         experiment = client.get_experiment_by_name(name)
         experiment_id = (experiment.experiment_id if experiment is not None
                          else client.create_experiment(name))
         previous = client.search_runs([experiment_id], filter_string=f"tags.`lsq.path` = '{path}'")
-        if any(r.data.tags.get("lsq.finished_at") == summary.get("finished_at") for r in previous):
+        if any(r.data.tags.get("lsq.finished_at") == ended_at for r in previous):
             counts["unchanged"] += 1
             continue
         for stale in previous:
             client.delete_run(stale.info.run_id)
         counts["replaced" if previous else "imported"] += 1
-        tags = {"lsq.path": path, "lsq.finished_at": str(summary.get("finished_at")),
-                "git_sha": str(summary.get("git_sha")), "device": str(summary.get("device")),
-                "data_kind": str(summary.get("data_kind")), "profile": run_id.profile}
+        tags = {"lsq.path": path, "lsq.finished_at": ended_at,
+                "git_sha": str(result.get("git_sha")), "device": str(result.get("device")),
+                "data_kind": str(result.get("data_kind")), "profile": run_id.profile}
+        if divergence is not None:
+            counts["diverged"] += 1
+            tags.update({"lsq.diverged_epoch": str(divergence.get("epoch")),
+                         "lsq.diverged_step": str(divergence.get("step")),
+                         "lsq.first_nonfinite": str(divergence.get("layer")),
+                         "lsq.diverged": str(divergence.get("message"))[:5000]})
         run = client.create_run(experiment_id, run_name=f"{run_id.run_name}/seed{run_id.seed}",
                                 tags=tags)
         params = [Param(k, v[:6000]) for k, v in _flatten(config).items()]
@@ -166,7 +178,7 @@ def import_runs(runs_dir: str | Path = "runs", tracking_uri: str = DEFAULT_TRACK
                    for record in records
                    for key, value in _scalars(record).items()]  # the TensorBoard tags: MLflow allows '/'
         metrics += [Metric(key, float(value), 0, int(summary.get("epochs", 0)))
-                    for key, value in summary.items()
+                    for key, value in (summary or {}).items()
                     if key.startswith(("final_", "best_")) and isinstance(value, (int, float))
                     and value is not None and math.isfinite(value)]
         for start in range(0, len(params), 100):  # MLflow's batch limits
@@ -175,7 +187,7 @@ def import_runs(runs_dir: str | Path = "runs", tracking_uri: str = DEFAULT_TRACK
             client.log_batch(run.info.run_id, metrics=metrics[start:start + 1000])
         client.log_batch(run.info.run_id, tags=[RunTag("mlflow.note.content",
                                                        f"imported from {path}")])
-        client.set_terminated(run.info.run_id)
+        client.set_terminated(run.info.run_id, "FINISHED" if summary is not None else "FAILED")
     return counts
 
 

@@ -438,12 +438,15 @@ def test_a_diverged_run_stops_with_one_line_and_writes_no_nan(tmp_path, capsys):
     directory = run_dir(tmp_path)
     assert code == 2
     assert error_lines(err) == [
-        f"error: test loss is nan after epoch 1: the run diverged (lr 1e+06); delete {directory} "
-        "and train it again with a lower --lr"]
+        f"error: test loss is nan after epoch 1: the run diverged (lr 1e+06); recorded in "
+        f"{directory / 'diverged.json'} (the report shows the run as diverged); to train it "
+        f"again, delete {directory}, or use another --runs-dir with a lower --lr"]
     assert not runfmt.is_done(directory)
+    assert (directory / "diverged.json").exists()
     for path in directory.glob("*.json*"):  # strict JSON: no NaN in what was written
-        for line in path.read_text().splitlines():
-            json.loads(line, parse_constant=lambda name: pytest.fail(f"{path} holds {name}"))
+        texts = path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]
+        for text in texts:
+            json.loads(text, parse_constant=lambda name: pytest.fail(f"{path} holds {name}"))
 
 
 def test_json_files_refuse_nan_and_infinity_naming_the_file_and_key(tmp_path):

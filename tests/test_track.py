@@ -69,7 +69,7 @@ def test_mlflow_import_is_idempotent_and_replaces_a_retrained_run(tmp_path):
     write_run(runs, "fashion-mnist", "quick", "row2", 0, 50.0, done=False, epochs_done=1)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert import_runs(runs, uri) == {"imported": 2, "replaced": 0, "unchanged": 0,
-                                      "unfinished": 1, "unreadable": 0}
+                                      "unfinished": 1, "unreadable": 0, "diverged": 0}
     assert import_runs(runs, uri)["unchanged"] == 2
     summary_path = runs / "fashion-mnist/quick/row1/seed0/summary.json"
     summary = json.loads(summary_path.read_text())
@@ -91,6 +91,31 @@ def test_mlflow_import_is_idempotent_and_replaces_a_retrained_run(tmp_path):
     assert [m.step for m in history] == [r["epoch"] for r in records(summary_path.parent)]
     with sqlite3.connect(tmp_path / "mlflow.db") as db:  # the store is a plain SQLite file
         assert db.execute("select count(*) from runs where lifecycle_stage = 'active'").fetchone() == (2,)
+
+
+def test_mlflow_imports_a_diverged_run_as_failed_with_where_it_diverged(tmp_path):
+    runs = tmp_path / "runs"
+    run_dir = write_run(runs, "fashion-mnist", "quick", "row3-no-gradscale", 1, 50.0, done=False,
+                        epochs_done=0)
+    (run_dir / "diverged.json").write_text(json.dumps({
+        "epoch": 1, "step": 244, "layer": "layer3.2.conv1.input_quantizer",
+        "message": "non-finite loss in epoch 1 at step 244", "git_sha": "fab0002",
+        "device": "cpu (fabricated)", "diverged_at": "2026-12-01T18:00:00+00:00"}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    counts = import_runs(runs, uri)
+    assert (counts["imported"], counts["diverged"], counts["unfinished"]) == (1, 1, 0)
+    assert import_runs(runs, uri)["unchanged"] == 1
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("fashion-mnist/quick")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FAILED"
+    assert (run.data.tags["lsq.diverged_epoch"], run.data.tags["lsq.diverged_step"],
+            run.data.tags["lsq.first_nonfinite"]) == ("1", "244", "layer3.2.conv1.input_quantizer")
+    assert not any(key.startswith("final_") for key in run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "top1/test")] == [0]
 
 
 def test_mlflow_import_of_a_missing_dir_is_one_clear_error(tmp_path):

@@ -141,8 +141,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, epoch: int, ctx: Contex
             where = f"; first non-finite output: {layer}" if layer else ""
             raise NonFiniteLossError(
                 f"non-finite loss in epoch {epoch + 1} at step {bad + 1}{where}; "
-                "lower the learning rate (--lr) or check the data"
-            )
+                "lower the learning rate (--lr) or check the data",
+                epoch=epoch + 1, step=bad + 1, layer=layer)
 
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not ctx.progress or None,
                unit="batch", dynamic_ncols=True)

@@ -99,6 +99,9 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
         log(f"{run_dir}: already done (summary.json exists), nothing to do")
         return summary
     recorded = _check_same_config(run_dir, config)
+    divergence = runs.read_diverged(run_dir)
+    if divergence is not None:
+        raise _diverged_before(run_dir, divergence)
 
     if config.optim.epochs == 0 and config.quant.is_float and not config.pretrained_weights:
         if config.profile != "smoke":
@@ -191,8 +194,45 @@ def _check_finite_evaluation(metrics: dict, epoch: int, config: RunConfig, run_d
             f"test loss is {loss} before any training step: the model this row starts from gives "
             f"non-finite outputs; check its float baseline {config.baseline().run_dir(Path('.'))}")
     raise NonFiniteLossError(
-        f"test loss is {loss} after epoch {epoch}: the run diverged (lr {config.optim.lr:g}); "
-        f"delete {run_dir} and train it again with a lower --lr")
+        f"test loss is {loss} after epoch {epoch}: the run diverged (lr {config.optim.lr:g})",
+        epoch=epoch)
+
+
+def _record_divergence(error: NonFiniteLossError, config: RunConfig, run_dir: Path,
+                       device: torch.device, wall_seconds: float, started_at: str, *,
+                       compiled: bool, cuda_graphs: bool) -> NonFiniteLossError:
+    """Write ``diverged.json`` (docs/run-format.md): a diverged run is a result the report
+    shows, with where it diverged and the code and machine it did so on. Returns the error to
+    raise, its message naming the file and what to do."""
+    last = runs.read_metrics(run_dir / runs.METRICS)
+    runs.write_json(run_dir / runs.DIVERGED, {
+        "dataset": config.dataset, "profile": config.profile, "row": config.row,
+        "seed": config.seed, "ablation": config.ablation,
+        "epoch": error.epoch, "step": error.step, "layer": error.layer,
+        "found_in": "test loss" if error.step is None else "training loss",
+        "message": str(error), "lr": config.optim.lr, "epochs": config.optim.epochs,
+        "last_finite_epoch": last[-1]["epoch"] if last else None,
+        "last_finite_top1": last[-1]["test_top1"] if last else None,
+        "wall_seconds": wall_seconds, "device": device_description(device),
+        "torch_version": torch.__version__, "compiled": compiled, "cuda_graphs": cuda_graphs,
+        "git_sha": runs.git_sha(), "hostname": os.uname().nodename,
+        "started_at": started_at, "diverged_at": _now(),
+    })
+    return NonFiniteLossError(
+        f"{error}; recorded in {run_dir / runs.DIVERGED} (the report shows the run as diverged); "
+        f"to train it again, delete {run_dir}, or use another --runs-dir with a lower --lr",
+        epoch=error.epoch, step=error.step, layer=error.layer)
+
+
+def _diverged_before(run_dir: Path, record: dict) -> NonFiniteLossError:
+    """The error for a run asked for again after it diverged: it is not retrained."""
+    step = f", step {record['step']}" if record.get("step") else ""
+    layer = f", first non-finite output {record['layer']}" if record.get("layer") else ""
+    return NonFiniteLossError(
+        f"{run_dir} diverged in epoch {record.get('epoch')}{step}{layer} ({runs.DIVERGED}); "
+        f"not trained again: delete {run_dir / runs.DIVERGED} to train on from its checkpoint, "
+        f"or delete {run_dir} to start over", epoch=record.get("epoch"), step=record.get("step"),
+        layer=record.get("layer"))
 
 def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.device, rank: int,
                world_size: int, *, progress: bool, log,
@@ -266,31 +306,41 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
     startup = ({"startup_seconds": time.time() - start_waited[0],
                 "baseline_wait_seconds": start_waited[1]} if start_waited is not None else
                {"startup_seconds": process_age_seconds()})
-    for epoch in range(start_epoch, config.optim.epochs):
-        epoch_start = time.time()
-        lr = optimizer.param_groups[0]["lr"]
-        train_metrics = train_one_epoch(train_model, data.train, optimizer, scheduler, epoch, ctx,
-                                        step)
-        train_seconds = time.time() - epoch_start
-        check_step_sizes(model, epoch + 1)
-        # Evaluation needs no DDP: the plain module, or its own compiled wrapper.
-        test_metrics = evaluate(evaluator, data.test, ctx, model)
-        _check_finite_evaluation(test_metrics, epoch + 1, config, run_dir)
-        epoch_seconds = time.time() - epoch_start
-        record = _epoch_record(epoch + 1, lr, train_metrics, test_metrics, model, epoch_seconds,
-                               train_metrics["train_images"] / max(train_seconds, 1e-9))
-        if epoch == start_epoch and startup["startup_seconds"] is not None:
-            record.update(startup)
+    try:
+        for epoch in range(start_epoch, config.optim.epochs):
+            epoch_start = time.time()
+            lr = optimizer.param_groups[0]["lr"]
+            train_metrics = train_one_epoch(train_model, data.train, optimizer, scheduler, epoch,
+                                            ctx, step)
+            train_seconds = time.time() - epoch_start
+            check_step_sizes(model, epoch + 1)
+            # Evaluation needs no DDP: the plain module, or its own compiled wrapper.
+            test_metrics = evaluate(evaluator, data.test, ctx, model)
+            _check_finite_evaluation(test_metrics, epoch + 1, config, run_dir)
+            epoch_seconds = time.time() - epoch_start
+            record = _epoch_record(epoch + 1, lr, train_metrics, test_metrics, model,
+                                   epoch_seconds,
+                                   train_metrics["train_images"] / max(train_seconds, 1e-9))
+            if epoch == start_epoch and startup["startup_seconds"] is not None:
+                record.update(startup)
+            if is_main:
+                runs.append_metrics(metrics_path, record)
+                wall = wall_before + time.time() - started
+                save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch + 1, config,
+                                wall, started_at)
+                tensorboard.write(record)
+                log(f"{config.dataset}/{config.profile}/{config.run_name}/seed{config.seed} "
+                    f"epoch {epoch + 1}/{config.optim.epochs}: loss {record['train_loss']:.4f} "
+                    f"test top-1 {record['test_top1']:.2f}% ({epoch_seconds:.1f}s, "
+                    f"{record['images_per_second']:.0f} img/s)")
+    except NonFiniteLossError as error:
+        if error.epoch is None:  # non-finite before any step: the starting model's fault
+            raise
         if is_main:
-            runs.append_metrics(metrics_path, record)
-            wall = wall_before + time.time() - started
-            save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch + 1, config, wall,
-                             started_at)
-            tensorboard.write(record)
-            log(f"{config.dataset}/{config.profile}/{config.run_name}/seed{config.seed} "
-                f"epoch {epoch + 1}/{config.optim.epochs}: loss {record['train_loss']:.4f} "
-                f"test top-1 {record['test_top1']:.2f}% ({epoch_seconds:.1f}s, "
-                f"{record['images_per_second']:.0f} img/s)")
+            raise _record_divergence(error, config, run_dir, device,
+                                     wall_before + time.time() - started, started_at,
+                                     compiled=compile_model, cuda_graphs=cuda_graphs) from None
+        raise
 
     if world_size > 1:
         check_replicas_in_sync(model)

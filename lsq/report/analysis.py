@@ -6,7 +6,9 @@ seed, paired per seed) with its 95 % Student-t interval (:mod:`lsq.report.stats`
 fraction of nonzero ternary weights at the end. A setting *costs* (or *gains*) accuracy when the
 whole interval of Δ lies below ``−T`` (above ``+T``), ``T = ABLATION_THRESHOLD``; otherwise the
 comparison is inconclusive, and says how many seeds would settle it at the observed spread. A
-single seed has no interval and is said to be a single seed.
+single seed has no interval and is said to be a single seed. A seed whose loss became non-finite
+(``diverged.json``) has no accuracy: it is counted and described beside the line ("k of n seeds
+diverged"), and the interval rests on the seeds that finished.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from lsq.experiments import (ABLATION_BASELINE_VALUES, ABLATION_ROWS, ABLATION_T
                              ABLATIONS, PAPER_ABLATIONS, SEED_FACTORS, WITHIN, ablation_rows,
                              get_table)
 from lsq.report import stats
-from lsq.report.tables import NOT_RUN, Estimate, estimate
+from lsq.report.tables import NOT_RUN, Estimate, diverged_count, estimate
 
-COSTS, GAINS, NO_EFFECT = "costs", "gains", "no effect"
+COSTS, GAINS, NO_EFFECT, DIVERGED = "costs", "gains", "no effect", "diverged"
 DELTA_COLUMNS = ["Δ vs baseline", "95 % CI", "seeds", "threshold", "verdict", "seeds to settle"]
 DASH = stats.DASH
 
@@ -57,10 +59,15 @@ def paper_ablation_note(factor: str) -> str:
             + ", ".join(f"{k} {v:.1f}" for k, v in numbers.items()) + ".")
 
 
-def factors_for(dataset: str, summaries: pd.DataFrame, in_progress: pd.DataFrame) -> dict[str, str]:
+def _names(*frames: pd.DataFrame | None) -> set[str]:
+    return set().union(*(set(f["ablation"]) for f in frames if f is not None))
+
+
+def factors_for(dataset: str, summaries: pd.DataFrame, in_progress: pd.DataFrame,
+                diverged: pd.DataFrame | None = None) -> dict[str, str]:
     """The factors a page's analysis shows: each with a run on the page, and on the seed's tables
     every factor the seed names, so that one not yet run shows as "not run"."""
-    found = set(summaries["ablation"]) | set(in_progress["ablation"])
+    found = _names(summaries, in_progress, diverged)
     with_runs = {a.factor for a in ABLATIONS if a.name in found}
     seed_table = get_table(dataset).source == "seed"
     return {factor: title for factor, title in FACTORS.items()
@@ -88,10 +95,9 @@ def ablated_rows(summaries: pd.DataFrame) -> list[int]:
     return sorted(set(planned) | {int(r) for r in extra})
 
 
-def has_ablations(summaries: pd.DataFrame, in_progress: pd.DataFrame) -> bool:
-    names = {a.name for a in ABLATIONS}
-    found = set(summaries["ablation"]) | set(in_progress["ablation"])
-    return bool(found & names)
+def has_ablations(summaries: pd.DataFrame, in_progress: pd.DataFrame,
+                  diverged: pd.DataFrame | None = None) -> bool:
+    return bool(_names(summaries, in_progress, diverged) & {a.name for a in ABLATIONS})
 
 
 def _finals(summaries: pd.DataFrame, row: int, ablation: str, column: str) -> pd.Series:
@@ -99,7 +105,8 @@ def _finals(summaries: pd.DataFrame, row: int, ablation: str, column: str) -> pd
     return runs.set_index("seed")[column].astype(float)
 
 
-def ablation_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, factor: str) -> pd.DataFrame:
+def ablation_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, factor: str,
+                   diverged: pd.DataFrame | None = None) -> pd.DataFrame:
     """Numbers for one factor of one (dataset, profile): a line per (setting, row).
 
     Columns: ``setting``, ``ablation`` ("" = baseline), ``row``, ``top1_mean/std/n``,
@@ -107,7 +114,9 @@ def ablation_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, factor: s
     95 % interval; NaN for n < 2), ``verdict`` (``costs``, ``gains``, ``no effect``,
     ``inconclusive``, ``not measured``; "" for the baseline line), ``seeds_needed`` (for an
     inconclusive one; None for "—"), ``baseline_std``, ``nonzero_mean`` (1 − final weight
-    sparsity), ``in_progress``.
+    sparsity), ``in_progress``, ``diverged`` (seeds whose loss became non-finite) and
+    ``diverged_where`` (one "seed s: epoch e, step t, first non-finite output L" per such seed).
+    A line with only diverged seeds has the verdict ``diverged``.
     """
     records = []
     for row in ablated_rows(summaries):
@@ -117,6 +126,9 @@ def ablation_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, factor: s
             accuracy = estimate(finals)
             delta = stats.paired(finals, baseline) if name else stats.NONE
             verdict, needed = _verdict(delta) if name else ("", None)
+            lost = diverged_count(diverged, row, name)
+            if lost and not accuracy.n:
+                verdict, needed = DIVERGED, None
             sparsity = _finals(summaries, row, name, "final_weight_sparsity").dropna()
             waiting = int(((in_progress["row"] == row)
                            & (in_progress["ablation"] == name)).sum()) if len(in_progress) else 0
@@ -128,9 +140,29 @@ def ablation_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, factor: s
                 "verdict": verdict, "seeds_needed": needed,
                 "baseline_std": estimate(baseline).std,
                 "nonzero_mean": float((1 - sparsity).mean()) if len(sparsity) else math.nan,
-                "in_progress": waiting,
+                "in_progress": waiting, "diverged": lost,
+                "diverged_where": _where_diverged(diverged, row, name) if lost else [],
             })
     return pd.DataFrame.from_records(records)
+
+
+def _where_diverged(diverged: pd.DataFrame, row: int, ablation: str) -> list[str]:
+    lines = []
+    chosen = diverged[(diverged["row"] == row) & (diverged["ablation"] == ablation)]
+    for _, r in chosen.sort_values("seed").iterrows():
+        step = f", step {int(r['step'])}" if pd.notna(r["step"]) else ""
+        layer = (f", first non-finite output {r['layer']}"
+                 if isinstance(r["layer"], str) and r["layer"] else "")
+        lines.append(f"seed {r['seed']}: epoch {int(r['epoch'])}{step}{layer}")
+    return lines
+
+
+def _diverged_text(record: pd.Series) -> str:
+    """ "k of n seeds diverged" for a line with diverged seeds, else "". """
+    lost = int(record.get("diverged", 0) or 0)
+    if not lost:
+        return ""
+    return f"{lost} of {lost + int(record['top1_n'])} seeds diverged"
 
 
 def _verdict(delta: stats.Interval) -> tuple[str, int | None]:
@@ -165,14 +197,17 @@ def format_ablation_table(numbers: pd.DataFrame) -> pd.DataFrame:
     for _, r in numbers.iterrows():
         accuracy = Estimate(r["top1_mean"], r["top1_std"], int(r["top1_n"]))
         delta, baseline = _delta(r), not r["ablation"]
+        lost = _diverged_text(r)
         if accuracy.measured:
-            final = accuracy.format()
+            final = accuracy.format() + (f"; {lost}" if lost else "")
+        elif lost:
+            final = lost
         else:
             final = f"in progress ({r['in_progress']})" if r["in_progress"] else NOT_RUN
         if baseline:
             cells = ["reference", DASH, DASH, DASH, DASH, DASH]
         elif not accuracy.measured:
-            cells = [DASH] * 6
+            cells = [DASH] * 4 + ([DIVERGED, DASH] if lost else [DASH, DASH])
         elif not delta.measured:
             cells = ["no baseline run", DASH, DASH, threshold_text(), stats.NOT_MEASURED, DASH]
         else:
@@ -197,38 +232,40 @@ def verdicts(numbers: pd.DataFrame) -> list[str]:
     per-seed differences are the measurement, and their interval decides: not the accuracy
     spread across seeds, which is mostly the float baselines' own seed-to-seed variation.
     """
-    sentences = []
-    for _, r in numbers[numbers["ablation"] != ""].iterrows():
-        where = f"row {r['row']}"
-        if not r["top1_n"]:
-            sentences.append(f"{r['setting']} on {where}: not run.")
-            continue
-        delta = _delta(r)
-        if not delta.measured:
-            sentences.append(f"{r['setting']} on {where}: the baseline run is missing, no Δ.")
-            continue
-        seeds = f"{delta.n} seed{'s' if delta.n > 1 else ''}"
-        nonzero = ""
-        if not math.isnan(r["nonzero_mean"]):
-            nonzero = f", ending with {100 * r['nonzero_mean']:.0f}% nonzero weights"
-        if not delta.has_interval:
-            verb = "costs" if delta.mean < 0 else "gains"
-            sentences.append(f"{r['setting']} {verb} {abs(delta.mean):.2f} points on {where} "
-                             f"(1 seed, no interval: indicative only){nonzero}.")
-            continue
-        ci = f"95 % CI {delta.format_interval()}, {seeds}"
-        if r["verdict"] in (COSTS, GAINS):
-            sentences.append(f"{r['setting']} {r['verdict']} {abs(delta.mean):.2f} points on "
-                             f"{where} ({ci}){nonzero}.")
-        elif r["verdict"] == NO_EFFECT:
-            sentences.append(f"{r['setting']} on {where}: {delta.format_mean()} points ({ci}), "
-                             f"within {threshold_text()}: no effect{nonzero}.")
-        else:
-            needed = _seeds_needed(r)
-            settle = (f"{needed} seeds would settle it at this mean and spread" if needed
-                      else "no number of seeds would settle it at this mean")
-            boundary = "0" if ABLATION_THRESHOLD == 0 else threshold_text()
-            sentences.append(f"{r['setting']} on {where}: {delta.format_mean()} points ({ci}), "
-                             f"the interval includes {boundary}: inconclusive; "
-                             f"{settle}{nonzero}.")
-    return sentences
+    return [_verdict_sentence(r) for _, r in numbers[numbers["ablation"] != ""].iterrows()]
+
+
+def _verdict_sentence(r: pd.Series) -> str:
+    where = f"row {r['row']}"
+    detail = "; ".join(r.get("diverged_where") or [])
+    if not r["top1_n"]:
+        if detail:
+            return (f"{r['setting']} on {where}: every seed diverged (the loss became "
+                    f"non-finite: {detail}).")
+        return f"{r['setting']} on {where}: not run."
+    tail = (f"; {_diverged_text(r)} (the loss became non-finite: {detail}), so the numbers "
+            "rest on the seeds that finished" if detail else "")
+    delta = _delta(r)
+    if not delta.measured:
+        return f"{r['setting']} on {where}: the baseline run is missing, no Δ{tail}."
+    seeds = f"{delta.n} seed{'s' if delta.n > 1 else ''}"
+    nonzero = ""
+    if not math.isnan(r["nonzero_mean"]):
+        nonzero = f", ending with {100 * r['nonzero_mean']:.0f}% nonzero weights"
+    if not delta.has_interval:
+        verb = "costs" if delta.mean < 0 else "gains"
+        return (f"{r['setting']} {verb} {abs(delta.mean):.2f} points on {where} "
+                f"(1 seed, no interval: indicative only){nonzero}{tail}.")
+    ci = f"95 % CI {delta.format_interval()}, {seeds}"
+    if r["verdict"] in (COSTS, GAINS):
+        return (f"{r['setting']} {r['verdict']} {abs(delta.mean):.2f} points on "
+                f"{where} ({ci}){nonzero}{tail}.")
+    if r["verdict"] == NO_EFFECT:
+        return (f"{r['setting']} on {where}: {delta.format_mean()} points ({ci}), "
+                f"within {threshold_text()}: no effect{nonzero}{tail}.")
+    needed = _seeds_needed(r)
+    settle = (f"{needed} seeds would settle it at this mean and spread" if needed
+              else "no number of seeds would settle it at this mean")
+    boundary = "0" if ABLATION_THRESHOLD == 0 else threshold_text()
+    return (f"{r['setting']} on {where}: {delta.format_mean()} points ({ci}), "
+            f"the interval includes {boundary}: inconclusive; {settle}{nonzero}{tail}.")

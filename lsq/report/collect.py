@@ -1,6 +1,7 @@
 """Load run directories (docs/run-format.md) into tidy pandas DataFrames.
 
-Only the files of the run format are read: ``summary.json``, ``metrics.jsonl`` and ``config.yaml``
+Only the files of the run format are read: ``summary.json``, ``diverged.json``, ``metrics.jsonl``
+and ``config.yaml``
 (through :class:`lsq.config.RunConfig`: the settings a run trained with, and the planned epoch count
 of a run in progress). The trainer is never imported, so the report renders anywhere the run
 directories are, with no GPU and no data.
@@ -48,6 +49,10 @@ EPOCH_COLUMNS = [
     "weight_sparsity", "epoch_seconds", "images_per_second",
 ]
 IN_PROGRESS_COLUMNS = [*KEYS, "epochs_done", "epochs_planned", *CONFIG_COLUMNS, "path"]
+# A run whose loss became non-finite (diverged.json): where, and the code and machine it ran on.
+DIVERGED_COLUMNS = [*KEYS, "epoch", "step", "layer", "found_in", "epochs", "last_finite_epoch",
+                    "last_finite_top1",
+                    "wall_seconds", "device", "torch_version", "git_sha", *CONFIG_COLUMNS, "path"]
 STEP_SIZE_COLUMNS = [*KEYS, "epoch", "layer", "mean", "min", "max"]
 LAYER_SPARSITY_COLUMNS = [*KEYS, "epoch", "layer", "sparsity"]
 
@@ -66,7 +71,10 @@ class Runs:
     ``step_sizes``/``layer_sparsity``: the per-layer dicts of ``metrics.jsonl``, exploded long.
     ``in_progress``: runs without a usable ``summary.json`` (none yet, or a malformed one);
     listed, never used as results.
-    Both ``summaries`` and ``in_progress`` carry ``CONFIG_COLUMNS``: what the run trained with.
+    ``diverged``: runs whose loss became non-finite (``diverged.json``, no summary): a result
+    with no accuracy, counted beside the finished seeds.
+    ``summaries``, ``in_progress`` and ``diverged`` carry ``CONFIG_COLUMNS``: what the run
+    trained with.
     ``problems``: human-readable notes about what could not be read (also emitted as warnings).
     """
 
@@ -79,12 +87,14 @@ class Runs:
     problems: list[str] = field(default_factory=list)
     dataset: str | None = None  # set by select(): the page these runs belong to
     profile: str | None = None
+    diverged: pd.DataFrame = field(default_factory=lambda: _frame([], DIVERGED_COLUMNS, True))
 
     def pages(self) -> list[tuple[str, str]]:
         """The (dataset, profile) pairs that have any run, finished or not: datasets with real
         measurements first, each dataset's profiles longest first (``lsq.experiments.PROFILES``).
         A profile that ``PROFILES`` does not name comes after the known ones, by name."""
-        frames = [self.summaries[["dataset", "profile"]], self.in_progress[["dataset", "profile"]]]
+        frames = [frame[["dataset", "profile"]]
+                  for frame in (self.summaries, self.in_progress, self.diverged)]
         pairs = pd.concat(frames).drop_duplicates()
         order = {"fashion-mnist": 0, "fashion-mnist-paper": 1, "cifar10": 2, "imagenet": 3,
                  "imagenet-paper": 4, "synthetic": 5}
@@ -111,7 +121,7 @@ class Runs:
         return Runs(
             self.root, pick(self.summaries), pick(self.epochs), pick(self.step_sizes),
             pick(self.layer_sparsity), pick(self.in_progress), list(self.problems),
-            dataset, profile,
+            dataset, profile, pick(self.diverged),
         )
 
 
@@ -134,7 +144,7 @@ def load_runs(runs_dir: str | Path) -> Runs:
     """Read every run directory under ``runs_dir``; a missing directory gives empty frames."""
     root = Path(runs_dir)
     problems: list[str] = []
-    summaries, epochs, steps, sparsity, in_progress = [], [], [], [], []
+    summaries, epochs, steps, sparsity, in_progress, diverged = [], [], [], [], [], []
     for run_id, run_dir in run_format.discover(root):
         key = run_id.as_dict()
         # Problems name files relative to the runs directory, as the report shows them.
@@ -143,6 +153,12 @@ def load_runs(runs_dir: str | Path) -> Runs:
         summary = _read_summary(run_dir / run_format.SUMMARY, key, problems, f"{label}/{run_format.SUMMARY}")
         config = _read_config(run_dir / run_format.CONFIG, problems, f"{label}/{run_format.CONFIG}")
         settings = _settings(config)
+        divergence = None if summary is not None else _read_diverged(
+            run_dir / run_format.DIVERGED, problems, f"{label}/{run_format.DIVERGED}")
+        if divergence is not None:
+            diverged.append({**{c: divergence.get(c) for c in DIVERGED_COLUMNS}, **key,
+                             **settings, "path": label})
+            continue
         if summary is None:
             in_progress.append({
                 **key,
@@ -165,6 +181,7 @@ def load_runs(runs_dir: str | Path) -> Runs:
         _frame(sparsity, LAYER_SPARSITY_COLUMNS),
         _frame(in_progress, IN_PROGRESS_COLUMNS, records=True),
         problems,
+        diverged=_frame(diverged, DIVERGED_COLUMNS, records=True),
     )
 
 
@@ -241,6 +258,21 @@ def _read_summary(path: Path, key: dict, problems: list[str], label: str) -> dic
             _problem(problems, f"{label}: {name}={found!r} disagrees with the path ({value!r}); "
                                "the path is used")
     return {**{c: summary.get(c) for c in SUMMARY_COLUMNS}, **key}
+
+
+def _read_diverged(path: Path, problems: list[str], label: str) -> dict | None:
+    """``diverged.json``, or None (the run counts as unfinished) when there is none or it is not
+    a JSON object with an integer ``epoch``."""
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise ValueError("not a JSON object with an integer 'epoch'")
+    except (ValueError, OSError) as error:
+        _problem(problems, f"{label}: unreadable ({error}); the run is treated as not finished")
+        return None
+    return record
 
 
 def _read_config(path: Path, problems: list[str], label: str) -> RunConfig | None:

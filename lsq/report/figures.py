@@ -197,17 +197,24 @@ def weight_sparsity(runs: Runs, rows: tuple[int, ...] = (1, 2, 3, 4)) -> Figure:
 
 @_styled
 def ablation_final_accuracy(runs: Runs, factor: str) -> Figure:
-    """Final top-1 per setting of one ablation factor, grouped by row, ±1 std error bars."""
+    """Final top-1 per setting of one ablation factor, grouped by row, ±1 std error bars; seeds
+    that diverged are written at the foot of their setting."""
     finals = runs.summaries
     rows = ablated_rows(finals)
     options = settings(factor)
     fig, axes = _figure(1, len(rows), size=(3.4 * len(rows), 3.2))
+    diverged = runs.diverged
     for ax, row in zip(axes[0], rows):
         for i, (name, value) in enumerate(options):
             values = finals[(finals["row"] == row) & (finals["ablation"] == name)]["final_top1"]
+            lost = int(((diverged["row"] == row) & (diverged["ablation"] == name)).sum())
+            if lost:  # no accuracy to draw: said where the bar would stand
+                ax.text(i, 0.02, f"{lost} diverged", rotation=90, ha="center", va="bottom",
+                        fontsize=7, color="#b00020", transform=ax.get_xaxis_transform())
             if values.empty:
-                ax.text(i, 0.02, "not run", rotation=90, ha="center", va="bottom", fontsize=7,
-                        color="#777777", transform=ax.get_xaxis_transform())
+                if not lost:
+                    ax.text(i, 0.02, "not run", rotation=90, ha="center", va="bottom",
+                            fontsize=7, color="#777777", transform=ax.get_xaxis_transform())
                 continue
             std = values.std() if len(values) > 1 else 0.0
             ax.bar(i, values.mean(), yerr=std, color=ROW_COLORS[row] if name else "#999999",

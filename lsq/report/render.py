@@ -96,6 +96,7 @@ class Page:
     analysis_figures: dict[str, list[FigureLink]] = field(default_factory=dict)
     notebooks: dict[str, str] = field(default_factory=dict)  # kind -> html file (site-relative)
     problems: list[str] = field(default_factory=list)
+    diverged: pd.DataFrame = field(default_factory=pd.DataFrame)  # tables.diverged_table
     deployed: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs evaluated by ONNX Runtime
     audit: pd.DataFrame = field(default_factory=pd.DataFrame)  # lsq.report.audit
     convergence: pd.DataFrame = field(default_factory=pd.DataFrame)  # lsq.report.convergence
@@ -184,7 +185,7 @@ def _page(runs: Runs) -> Page:
     dataset, profile = runs.dataset, runs.profile
     table = get_table(dataset)
     summaries = runs.summaries
-    numbers = tables.results_table(summaries, runs.in_progress, dataset)
+    numbers = tables.results_table(summaries, runs.in_progress, dataset, runs.diverged)
     deployments = deployed.deployed_records(runs.root, summaries)
     kinds = set(summaries["data_kind"].dropna())
     page = Page(
@@ -198,12 +199,13 @@ def _page(runs: Runs) -> Page:
         implied_note=implied_note(dataset),
         claims=claims.claims_table(claims.evaluate_claims(summaries, dataset, runs.in_progress)),
         in_progress=tables.in_progress_table(runs.in_progress),
+        diverged=tables.diverged_table(runs.diverged),
         provenance=tables.provenance_table(summaries),
         compute=tables.compute_totals(summaries),
         shas=distinct(summaries["git_sha"]), torch_versions=distinct(summaries["torch_version"]),
         devices=distinct(summaries["device"]),
         wall_text=wall_text(summaries),
-        has_analysis=analysis.has_ablations(summaries, runs.in_progress),
+        has_analysis=analysis.has_ablations(summaries, runs.in_progress, runs.diverged),
         problems=[p for p in runs.problems if p.startswith(f"{dataset}/{profile}/")],
         stand_in=tables.stand_in_note(dataset),
         deployed=deployed.runs_table(deployments),
@@ -218,8 +220,9 @@ def _page(runs: Runs) -> Page:
         except (ValueError, KeyError, TypeError) as error:
             page.problems.append(f"{dataset}/{profile}/{REPRODUCTION}: unreadable ({error!r}), not shown")
     if page.has_analysis:
-        for factor, title in analysis.factors_for(dataset, summaries, runs.in_progress).items():
-            numbers = analysis.ablation_table(summaries, runs.in_progress, factor)
+        for factor, title in analysis.factors_for(dataset, summaries, runs.in_progress,
+                                                  runs.diverged).items():
+            numbers = analysis.ablation_table(summaries, runs.in_progress, factor, runs.diverged)
             page.analysis.append({
                 "factor": factor, "title": title, "advice": analysis.ADVICE[factor],
                 "paper": analysis.paper_ablation_note(factor),
@@ -267,7 +270,7 @@ def _draw_figures(page: Page, site: Path) -> None:
         page.figures.append(_save(draw(), site, f"{slug}-{name}.png", title, caption))
     if page.has_analysis:
         for factor, title in analysis.factors_for(page.dataset, runs.summaries,
-                                                  runs.in_progress).items():
+                                                  runs.in_progress, runs.diverged).items():
             items = [_save(figures.ablation_final_accuracy(runs, factor), site,
                            f"{slug}-ablation-{factor}.png", title,
                            "Final test top-1 per setting (bars: mean, dots: seeds, ±1 std); grey "
@@ -392,12 +395,13 @@ def _overview(pages: list[Page]) -> pd.DataFrame:
             "page": page.slug, "data": "synthetic" if page.synthetic else "real",
             "profile": page.profile, "epochs (float / quantized)": short_epochs(s),
             "finished runs": str(len(s)), "in progress": str(len(page.runs.in_progress)),
+            "diverged": str(len(page.runs.diverged)),
             "seeds": str(s["seed"].nunique()) if len(s) else "0",
             "device-hours": f"{s['wall_seconds'].sum() / 3600:.3f}" if len(s) else "0.000",
         })
     return pd.DataFrame(rows, columns=["page", "data", "profile", "epochs (float / quantized)",
-                                       "finished runs",
-                                       "in progress", "seeds", "device-hours"])
+                                       "finished runs", "in progress", "diverged", "seeds",
+                                       "device-hours"])
 
 
 # --- command line -----------------------------------------------------------------------------

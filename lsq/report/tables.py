@@ -154,13 +154,14 @@ def metric_columns(table: Table) -> dict[str, tuple[str, str]]:
     return {m: (f"acc_{m}", f"drop_{m}") for m in table.metrics}
 
 
-def results_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, dataset: str) -> pd.DataFrame:
+def results_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, dataset: str,
+                  diverged: pd.DataFrame | None = None) -> pd.DataFrame:
     """Numbers of the seed-format table of one (dataset, profile), one row per table row.
 
     ``summaries``/``in_progress``: the runs of that (dataset, profile) only (``Runs.select``).
     Columns: the settings of ``Row.as_columns()`` as the runs used them (``run_settings``), the
     row's own in ``recipe_<setting>``, ``epochs_run`` (min and max over seeds),
-    ``in_progress`` (count) and per metric ``m``: ``m_mean/std/n``, ``drop_m_mean/std/n/paired``,
+    ``in_progress`` and ``diverged`` (counts of ``Runs.diverged``) and per metric ``m``: ``m_mean/std/n``, ``drop_m_mean/std/n/paired``,
     ``paper_m``, ``paper_drop_m``, ``delta_m``, ``delta_drop_m`` (measured − published).
     """
     table = get_table(dataset)
@@ -178,6 +179,7 @@ def results_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, dataset: s
         record["epochs_min"] = row_runs["epochs"].min() if len(row_runs) else float("nan")
         record["epochs_max"] = row_runs["epochs"].max() if len(row_runs) else float("nan")
         record["in_progress"] = int((waiting["row"] == row.id).sum()) if len(waiting) else 0
+        record["diverged"] = diverged_count(diverged, row.id, "")
         record["data_kind"] = ",".join(sorted(set(row_runs["data_kind"].dropna())))
         for metric in table.metrics:
             pivot = pivots[metric]
@@ -242,17 +244,28 @@ def _epochs_run(record: pd.Series) -> str:
     return f"{int(low)}" if low == high else f"{int(low)}–{int(high)}"
 
 
-def _measured_cell(estimate_: Estimate, in_progress: int, seeds: int, signed: bool = False) -> str:
+def diverged_count(diverged: pd.DataFrame | None, row: int, ablation: str) -> int:
+    """How many seeds of (row, ablation) diverged (``Runs.diverged``)."""
+    if diverged is None or diverged.empty:
+        return 0
+    return int(((diverged["row"] == row) & (diverged["ablation"] == ablation)).sum())
+
+
+def _measured_cell(estimate_: Estimate, in_progress: int, seeds: int, signed: bool = False,
+                   diverged: int = 0) -> str:
     if not estimate_.measured:
+        if diverged:
+            return "diverged"
         return "in progress" if in_progress else NOT_RUN
     # n is in the seeds column; a cell says its own n only when it rests on fewer seeds.
     return estimate_.format(signed=signed, show_n=estimate_.n != seeds)
 
 
-def _seeds_cell(seeds: int, in_progress: int) -> str:
-    if not seeds and not in_progress:
+def _seeds_cell(seeds: int, in_progress: int, diverged: int = 0) -> str:
+    if not seeds and not in_progress and not diverged:
         return DASH
-    return f"{seeds}" + (f" (+{in_progress} running)" if in_progress else "")
+    return (f"{seeds}" + (f" (+{diverged} diverged)" if diverged else "")
+            + (f" (+{in_progress} running)" if in_progress else ""))
 
 
 MEASURED, PAPER, DELTA = "measured", "paper", "Δ"
@@ -265,7 +278,8 @@ def format_results_table(numbers: pd.DataFrame, dataset: str) -> pd.DataFrame:
     numbers ``(seed column, "measured" | "paper" | "Δ")`` ("CIFAR-10 paper" where the dataset
     stands in for CIFAR-10, see ``paper_label``); ``flat_name`` gives one-line names.
     Accuracies and drops read "mean ± std" over the seeds of the ``seeds`` column (a single seed
-    shows its value and seeds = 1); runs still training are counted there as "(+k running)".
+    shows its value and seeds = 1); runs still training are counted there as "(+k running)",
+    runs whose loss became non-finite as "(+k diverged)".
     """
     table = get_table(dataset)
     columns = metric_columns(table)
@@ -289,7 +303,7 @@ def format_results_table(numbers: pd.DataFrame, dataset: str) -> pd.DataFrame:
             (epoch_header, ""): epochs if epoch_header != "epoch" or pd.isna(record["epoch"])
             else f"{epochs} (paper {int(record['epoch'])})",
             ("seeds", ""): _seeds_cell(int(record[f"{table.metrics[0]}_n"]),
-                                       int(record["in_progress"])),
+                                       int(record["in_progress"]), int(record["diverged"])),
         }
         for kind, prefix, signed in (("acc", "", False), ("drop", "drop_", True)):
             for metric, names in columns.items():
@@ -301,7 +315,8 @@ def format_results_table(numbers: pd.DataFrame, dataset: str) -> pd.DataFrame:
                     cell = "reference"
                 else:
                     cell = _measured_cell(value, int(record["in_progress"]),
-                                          int(record[f"{metric}_n"]), signed=signed)
+                                          int(record[f"{metric}_n"]), signed=signed,
+                                          diverged=int(record["diverged"]))
                 if paper is None:
                     out[(name, "")] = cell
                     continue
@@ -436,3 +451,26 @@ def in_progress_table(in_progress: pd.DataFrame) -> pd.DataFrame:
             for done, planned in zip(in_progress["epochs_done"], in_progress["epochs_planned"])
         ],
     })
+
+
+def diverged_table(diverged: pd.DataFrame) -> pd.DataFrame:
+    """Runs whose loss became non-finite (``diverged.json``): where, and on what code and machine."""
+    columns = ["run", "diverged in", "first non-finite", "found in", "last finite top-1",
+               "git SHA", "device"]
+    if diverged.empty:
+        return pd.DataFrame(columns=columns)
+    return pd.DataFrame({
+        "run": diverged["path"],
+        "diverged in": [
+            f"epoch {int(epoch)} of {int(epochs)}" + (f", step {int(step)}" if pd.notna(step) else "")
+            if pd.notna(epochs) else f"epoch {int(epoch)}"
+            for epoch, epochs, step in zip(diverged["epoch"], diverged["epochs"], diverged["step"])],
+        "first non-finite": [layer if isinstance(layer, str) and layer else DASH
+                             for layer in diverged["layer"]],
+        "found in": [text if isinstance(text, str) else DASH for text in diverged["found_in"]],
+        "last finite top-1": [f"{value:.2f} (epoch {int(epoch)})" if pd.notna(value) else DASH
+                              for value, epoch in zip(diverged["last_finite_top1"],
+                                                      diverged["last_finite_epoch"])],
+        "git SHA": [sha if isinstance(sha, str) else DASH for sha in diverged["git_sha"]],
+        "device": [text if isinstance(text, str) else DASH for text in diverged["device"]],
+    }, columns=columns)
