@@ -115,6 +115,20 @@ def test_diverged_ok_exits_0_now_and_when_asked_again(tmp_path, capsys):
     assert runfmt.read_diverged(run_dir(tmp_path))["epoch"] == 1
 
 
+def test_a_row_whose_baseline_diverged_says_so(tmp_path, capsys):
+    cli(capsys, "train", *SMALL, *NAN_LR, runs=tmp_path)
+    quantized = [*SMALL[:-1], "1", "--epochs", "1"]  # row 1 of the same seed
+    code, _, err = cli(capsys, "train", *quantized, runs=tmp_path)
+    assert code == 2
+    assert errors(err) == [
+        f"error: the float baseline of this row diverged ({run_dir(tmp_path) / 'diverged.json'}), "
+        f"so this row has no weights to start from; delete {run_dir(tmp_path)} and train row 0 "
+        "again with a lower --lr, or train this table into another --runs-dir"]
+    # --diverged-ok is about this run diverging, not its baseline's.
+    code, _, _ = cli(capsys, "train", *quantized, "--diverged-ok", runs=tmp_path)
+    assert code == 2
+
+
 def test_diverged_ok_does_not_hide_other_errors(tmp_path, capsys):
     code, _, err = cli(capsys, "train", *SMALL, "--epochs", "1", "--diverged-ok",
                        "--set", "optim.momentum=2", runs=tmp_path)

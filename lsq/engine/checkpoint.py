@@ -78,6 +78,12 @@ def baseline_checkpoint(config: RunConfig, runs_dir: Path) -> Path:
     is finished without one (a committed run), the copy ``--retrain-baseline`` trained."""
     runs_dir = Path(runs_dir)
     baseline_dir = config.baseline().run_dir(runs_dir)
+    if not runs.is_done(baseline_dir) and (baseline_dir / runs.DIVERGED).exists():
+        raise BaselineMissingError(
+            f"the float baseline of this row diverged ({baseline_dir / runs.DIVERGED}), so this "
+            f"row has no weights to start from; delete {baseline_dir} and train row 0 again "
+            "with a lower --lr, or train this table into another --runs-dir"
+        )
     if not runs.is_done(baseline_dir):
         raise BaselineMissingError(
             f"the float baseline of this row is missing ({baseline_dir} has no finished run); "
