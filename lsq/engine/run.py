@@ -3,8 +3,8 @@
 Resumability: every epoch ends with an atomic checkpoint. The data order and augmentation of an
 epoch are a pure function of (seed, epoch) (see :mod:`lsq.data`), so a run killed at any moment
 and started again finishes with bit-identical metrics on the CPU. ``summary.json`` is written
-last; its presence means done, and it holds only finite numbers: a test loss that is not
-finite stops the run (:class:`lsq.errors.NonFiniteLossError`). A model that trains to chance
+last; its presence means done, and it holds only finite numbers: a loss that is not finite
+stops the run with ``diverged.json`` in its place (:mod:`lsq.engine.divergence`). A model that trains to chance
 accuracy with a finite loss is a result, not an error (a smoke run or a weak row can sit there),
 and is reported as measured. docs/guarantees.md lists what a run directory promises.
 """
@@ -12,7 +12,6 @@ and is reported as measured. docs/guarantees.md lists what a run directory promi
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -27,6 +26,7 @@ from lsq import runlock, runs
 from lsq.config import RunConfig
 from lsq.engine.checkpoint import (RETRAINED_BASELINES, baseline_checkpoint, checkpoint_config,
                                    load_checkpoint, resume, save_checkpoint)
+from lsq.engine.divergence import check_finite_evaluation, diverged_before, record_divergence
 from lsq.engine.fastpath import eval_model, resolve_fast_path, wrap_model
 from lsq.engine.host import (check_replicas_in_sync, device_description, distributed_context,
                              process_age_seconds, resolve_device, share_cpu_threads)
@@ -101,7 +101,7 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
     recorded = _check_same_config(run_dir, config)
     divergence = runs.read_diverged(run_dir)
     if divergence is not None:
-        raise _diverged_before(run_dir, divergence)
+        raise diverged_before(run_dir, divergence)
 
     if config.optim.epochs == 0 and config.quant.is_float and not config.pretrained_weights:
         if config.profile != "smoke":
@@ -184,56 +184,6 @@ def _first_result_difference(reference: Path, candidate: Path) -> str | None:
             return f"summary: {key} {old[key]!r} → {new.get(key)!r}"
     return None
 
-def _check_finite_evaluation(metrics: dict, epoch: int, config: RunConfig, run_dir: Path) -> None:
-    """A test loss that is not finite means the run diverged: stop before it is recorded."""
-    loss = metrics["test_loss"]
-    if math.isfinite(loss):
-        return
-    if epoch == 0:
-        raise NonFiniteLossError(
-            f"test loss is {loss} before any training step: the model this row starts from gives "
-            f"non-finite outputs; check its float baseline {config.baseline().run_dir(Path('.'))}")
-    raise NonFiniteLossError(
-        f"test loss is {loss} after epoch {epoch}: the run diverged (lr {config.optim.lr:g})",
-        epoch=epoch)
-
-
-def _record_divergence(error: NonFiniteLossError, config: RunConfig, run_dir: Path,
-                       device: torch.device, wall_seconds: float, started_at: str, *,
-                       compiled: bool, cuda_graphs: bool) -> NonFiniteLossError:
-    """Write ``diverged.json`` (docs/run-format.md): a diverged run is a result the report
-    shows, with where it diverged and the code and machine it did so on. Returns the error to
-    raise, its message naming the file and what to do."""
-    last = runs.read_metrics(run_dir / runs.METRICS)
-    runs.write_json(run_dir / runs.DIVERGED, {
-        "dataset": config.dataset, "profile": config.profile, "row": config.row,
-        "seed": config.seed, "ablation": config.ablation,
-        "epoch": error.epoch, "step": error.step, "layer": error.layer,
-        "found_in": "test loss" if error.step is None else "training loss",
-        "message": str(error), "lr": config.optim.lr, "epochs": config.optim.epochs,
-        "last_finite_epoch": last[-1]["epoch"] if last else None,
-        "last_finite_top1": last[-1]["test_top1"] if last else None,
-        "wall_seconds": wall_seconds, "device": device_description(device),
-        "torch_version": torch.__version__, "compiled": compiled, "cuda_graphs": cuda_graphs,
-        "git_sha": runs.git_sha(), "hostname": os.uname().nodename,
-        "started_at": started_at, "diverged_at": _now(),
-    })
-    return NonFiniteLossError(
-        f"{error}; recorded in {run_dir / runs.DIVERGED} (the report shows the run as diverged); "
-        f"to train it again, delete {run_dir}, or use another --runs-dir with a lower --lr",
-        epoch=error.epoch, step=error.step, layer=error.layer)
-
-
-def _diverged_before(run_dir: Path, record: dict) -> NonFiniteLossError:
-    """The error for a run asked for again after it diverged: it is not retrained."""
-    step = f", step {record['step']}" if record.get("step") else ""
-    layer = f", first non-finite output {record['layer']}" if record.get("layer") else ""
-    return NonFiniteLossError(
-        f"{run_dir} diverged in epoch {record.get('epoch')}{step}{layer} ({runs.DIVERGED}); "
-        f"not trained again: delete {run_dir / runs.DIVERGED} to train on from its checkpoint, "
-        f"or delete {run_dir} to start over", epoch=record.get("epoch"), step=record.get("step"),
-        layer=record.get("layer"))
-
 def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.device, rank: int,
                world_size: int, *, progress: bool, log,
                start_waited: tuple[float, float] | None) -> dict:
@@ -286,7 +236,7 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
         if quantizers(model) or config.optim.epochs == 0:
             # Epoch 0: the converted, initialised model before any step (or a pretrained float).
             test_metrics = evaluate(evaluator, data.test, ctx, model)
-            _check_finite_evaluation(test_metrics, 0, config, run_dir)
+            check_finite_evaluation(test_metrics, 0, config, run_dir)
             record = _epoch_record(0, optimizer.param_groups[0]["lr"], None, test_metrics, model,
                                    0.0, None)
             if is_main:
@@ -316,7 +266,7 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
             check_step_sizes(model, epoch + 1)
             # Evaluation needs no DDP: the plain module, or its own compiled wrapper.
             test_metrics = evaluate(evaluator, data.test, ctx, model)
-            _check_finite_evaluation(test_metrics, epoch + 1, config, run_dir)
+            check_finite_evaluation(test_metrics, epoch + 1, config, run_dir)
             epoch_seconds = time.time() - epoch_start
             record = _epoch_record(epoch + 1, lr, train_metrics, test_metrics, model,
                                    epoch_seconds,
@@ -337,9 +287,9 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
         if error.epoch is None:  # non-finite before any step: the starting model's fault
             raise
         if is_main:
-            raise _record_divergence(error, config, run_dir, device,
-                                     wall_before + time.time() - started, started_at,
-                                     compiled=compile_model, cuda_graphs=cuda_graphs) from None
+            raise record_divergence(error, config, run_dir, device,
+                                    wall_before + time.time() - started, started_at,
+                                    compiled=compile_model, cuda_graphs=cuda_graphs) from None
         raise
 
     if world_size > 1:
