@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from cli_helpers import REPO
-from report_fixtures import write_run
+from report_fixtures import WALL_SECONDS, write_run
 
 from lsq.config import make_config
 from lsq.errors import ConfigError
@@ -204,4 +204,12 @@ def test_the_paper_page_names_the_paper_as_the_source_of_its_claims(tmp_path):
     pages = {p.name: p.read_text() for p in (tmp_path / "report").glob("*.md")}
     paper, analysis_page = pages["fashion-mnist-paper-full.md"], pages["fashion-mnist-paper-full-analysis.md"]
     assert "## Claims of the LSQ paper" in paper and "Claims of the seed README" not in paper
+    # Its compute is its own runs' (10, each WALL_SECONDS); the 2 borrowed float runs are said
+    # apart, counted on the fashion-mnist page.
+    own = 10 * WALL_SECONDS / 3600
+    assert (f"- Compute: 10 finished runs, {tables.format_duration(10 * WALL_SECONDS)} in total "
+            f"({own:.3f} device-hours)") in paper
+    assert ("besides, the 2 float runs of row 0, taken from the fashion-mnist table, whose page "
+            "counts their compute") in paper
+    assert f"| cpu (fabricated, 2 threads) | 10 | {own:.3f} |" in paper
     assert "distill" in analysis_page and "The seed README names three factors" not in analysis_page

@@ -201,10 +201,10 @@ def _page(runs: Runs) -> Page:
         in_progress=tables.in_progress_table(runs.in_progress),
         diverged=tables.diverged_table(runs.diverged),
         provenance=tables.provenance_table(summaries),
-        compute=tables.compute_totals(summaries),
+        compute=tables.compute_totals(own_runs(runs)),
         shas=distinct(summaries["git_sha"]), torch_versions=distinct(summaries["torch_version"]),
         devices=distinct(summaries["device"]),
-        wall_text=wall_text(summaries),
+        wall_text=_page_wall_text(runs),
         has_analysis=analysis.has_ablations(summaries, runs.in_progress, runs.diverged),
         problems=[p for p in runs.problems if p.startswith(f"{dataset}/{profile}/")],
         stand_in=tables.stand_in_note(dataset),
@@ -230,6 +230,26 @@ def _page(runs: Runs) -> Page:
                 "verdicts": analysis.verdicts(numbers),
             })
     return page
+
+
+def own_runs(runs: Runs) -> pd.DataFrame:
+    """The finished runs a page trained itself: without the float runs it takes from another
+    table (``Table.baseline_from``), whose compute that table's page counts."""
+    source = get_table(runs.dataset).baseline_from
+    summaries = runs.summaries
+    if source is None or summaries.empty:
+        return summaries
+    return summaries[~summaries["path"].str.startswith(f"{source}/")]
+
+
+def _page_wall_text(runs: Runs) -> str:
+    own = own_runs(runs)
+    borrowed = len(runs.summaries) - len(own)
+    if not borrowed:
+        return wall_text(own)
+    source = get_table(runs.dataset).baseline_from
+    return (f"{wall_text(own)}; besides, the {borrowed} float run{'s' if borrowed != 1 else ''} "
+            f"of row 0, taken from the {source} table, whose page counts their compute")
 
 
 def _draw_figures(page: Page, site: Path) -> None:
@@ -394,10 +414,11 @@ def _overview(pages: list[Page]) -> pd.DataFrame:
         rows.append({
             "page": page.slug, "data": "synthetic" if page.synthetic else "real",
             "profile": page.profile, "epochs (float / quantized)": short_epochs(s),
-            "finished runs": str(len(s)), "in progress": str(len(page.runs.in_progress)),
+            "finished runs": str(len(own_runs(page.runs))),
+            "in progress": str(len(page.runs.in_progress)),
             "diverged": str(len(page.runs.diverged)),
             "seeds": str(s["seed"].nunique()) if len(s) else "0",
-            "device-hours": f"{s['wall_seconds'].sum() / 3600:.3f}" if len(s) else "0.000",
+            "device-hours": f"{own_runs(page.runs)['wall_seconds'].sum() / 3600:.3f}",
         })
     return pd.DataFrame(rows, columns=["page", "data", "profile", "epochs (float / quantized)",
                                        "finished runs", "in progress", "diverged", "seeds",
