@@ -17,7 +17,7 @@ from report_fixtures import write_run
 
 from lsq import runs as runfmt
 from lsq.__main__ import main
-from lsq.report import analysis, tables
+from lsq.report import analysis, run_tables, tables
 from lsq.report.collect import load_runs
 
 SMALL = ["--dataset", "synthetic", "--profile", "smoke", "--set", "data.train_subset=128",
@@ -187,7 +187,7 @@ def test_collect_keeps_diverged_runs_apart_from_runs_in_progress(grad_scale_runs
     assert runs.in_progress.empty
     assert runs.diverged[["row", "ablation", "seed", "epoch", "step"]].values.tolist() == [
         [3, "no-gradscale", 1, 1, 244]]
-    shown = tables.diverged_table(runs.diverged)
+    shown = run_tables.diverged_table(runs.diverged)
     assert shown.iloc[0].tolist() == [
         "fashion-mnist/quick/row3-no-gradscale/seed1", "epoch 1 of 2, step 244",
         "layer3.2.conv1.input_quantizer", "training loss", "41.50 (epoch 0)", "fab0002",

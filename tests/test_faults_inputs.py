@@ -28,7 +28,7 @@ from report_fixtures import write_run
 from lsq.__main__ import main as lsq_main
 from lsq.config import RunConfig, make_config
 from lsq.errors import ConfigError, DataError
-from lsq.report import tables
+from lsq.report import run_tables, tables
 from lsq.report.collect import RunWarning, load_runs
 
 SYNTHETIC = ["train", "--dataset", "synthetic", "--row", "0"]
@@ -340,7 +340,7 @@ def test_non_numeric_result_field_means_in_progress(tmp_path):
     assert loaded.summaries.empty and len(loaded.in_progress) == 1
     assert messages == ["synthetic/smoke/row0/seed0/summary.json: wall_seconds 'six minutes' is "
                         "not a number; the run is treated as not finished"]
-    assert tables.provenance_table(loaded.summaries).empty
+    assert run_tables.provenance_table(loaded.summaries).empty
 
 
 def with_lr(run_dir: Path, lr: float) -> None:

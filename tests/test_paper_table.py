@@ -15,7 +15,7 @@ from report_fixtures import WALL_SECONDS, write_run
 from lsq.config import make_config
 from lsq.errors import ConfigError
 from lsq.experiments import PROTOCOLS, TABLES
-from lsq.report import analysis, audit, claims, figures, tables
+from lsq.report import analysis, audit, claims, figures, run_tables, tables
 from lsq.report.collect import load_runs
 
 PAPER_TABLES = ("imagenet-paper", "fashion-mnist-paper")
@@ -207,7 +207,7 @@ def test_the_paper_page_names_the_paper_as_the_source_of_its_claims(tmp_path):
     # Its compute is its own runs' (10, each WALL_SECONDS); the 2 borrowed float runs are said
     # apart, counted on the fashion-mnist page.
     own = 10 * WALL_SECONDS / 3600
-    assert (f"- Compute: 10 finished runs, {tables.format_duration(10 * WALL_SECONDS)} in total "
+    assert (f"- Compute: 10 finished runs, {run_tables.format_duration(10 * WALL_SECONDS)} in total "
             f"({own:.3f} device-hours)") in paper
     assert ("besides, the 2 float runs of row 0, taken from the fashion-mnist table, whose page "
             "counts their compute") in paper

@@ -11,7 +11,7 @@ import pytest
 from report_fixtures import FINAL_TOP1, write_fake_runs, write_full_runs, write_run
 from scipy import stats as scipy_stats
 
-from lsq.report import analysis, claims, collect, figures, tables
+from lsq.report import analysis, claims, collect, figures, run_tables, tables
 from lsq.report.collect import RunWarning, load_runs
 
 
@@ -88,7 +88,7 @@ def test_in_progress_run_is_listed_not_a_result(runs):
         ["fashion-mnist", 4, 2, 1, 2.0]]
     assert not ((runs.epochs["row"] == 4) & (runs.epochs["seed"] == 2)
                 & (runs.epochs["dataset"] == "fashion-mnist")).any()
-    shown = tables.in_progress_table(waiting)
+    shown = run_tables.in_progress_table(waiting)
     assert shown.values.tolist() == [["fashion-mnist/quick/row4/seed2", "1 of 2"]]
 
 
@@ -245,7 +245,7 @@ def test_implied_float_baselines():
 
 
 def test_compute_totals_in_device_hours(runs):
-    totals = tables.compute_totals(page(runs, "fashion-mnist", "quick").summaries)
+    totals = run_tables.compute_totals(page(runs, "fashion-mnist", "quick").summaries)
     assert totals.iloc[-1].tolist() == ["total", 27, "2.700"]  # 27 runs x 360 s
 
 

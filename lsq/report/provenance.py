@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from lsq.experiments import get_table
-from lsq.report import tables
+from lsq.report import run_tables, tables
 
 
 def implied_note(dataset: str) -> str:
@@ -102,6 +102,6 @@ def wall_text(summaries: pd.DataFrame) -> str:
     if summaries.empty:
         return "—"
     wall = summaries["wall_seconds"].dropna()
-    total, median = tables.format_duration(wall.sum()), tables.format_duration(wall.median())
+    total, median = run_tables.format_duration(wall.sum()), run_tables.format_duration(wall.median())
     return (f"{len(summaries)} finished runs, {total} in total ({wall.sum() / 3600:.3f} "
             f"device-hours), median {median} per run")

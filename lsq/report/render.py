@@ -21,7 +21,8 @@ import pandas as pd
 
 from lsq.errors import ConfigError
 from lsq.experiments import LEVELLED_POINTS, TABLES, get_table
-from lsq.report import analysis, audit, claims, convergence, deployed, figures, speed, tables
+from lsq.report import (analysis, audit, claims, convergence, deployed, figures, run_tables, speed,
+                        tables)
 from lsq.report.collect import Runs, load_runs, profile_rank
 from lsq.report.html import TEMPLATES, environment
 from lsq.report.notebooks import notebook_body, pygments_css, run_notebooks
@@ -96,7 +97,7 @@ class Page:
     analysis_figures: dict[str, list[FigureLink]] = field(default_factory=dict)
     notebooks: dict[str, str] = field(default_factory=dict)  # kind -> html file (site-relative)
     problems: list[str] = field(default_factory=list)
-    diverged: pd.DataFrame = field(default_factory=pd.DataFrame)  # tables.diverged_table
+    diverged: pd.DataFrame = field(default_factory=pd.DataFrame)  # run_tables.diverged_table
     deployed: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs evaluated by ONNX Runtime
     audit: pd.DataFrame = field(default_factory=pd.DataFrame)  # lsq.report.audit
     convergence: pd.DataFrame = field(default_factory=pd.DataFrame)  # lsq.report.convergence
@@ -198,10 +199,10 @@ def _page(runs: Runs) -> Page:
             {int(r["ID"]): int(r[f"{table.metrics[0]}_n"]) for _, r in numbers.iterrows()}),
         implied_note=implied_note(dataset),
         claims=claims.claims_table(claims.evaluate_claims(summaries, dataset, runs.in_progress)),
-        in_progress=tables.in_progress_table(runs.in_progress),
-        diverged=tables.diverged_table(runs.diverged),
-        provenance=tables.provenance_table(summaries),
-        compute=tables.compute_totals(own_runs(runs)),
+        in_progress=run_tables.in_progress_table(runs.in_progress),
+        diverged=run_tables.diverged_table(runs.diverged),
+        provenance=run_tables.provenance_table(summaries),
+        compute=run_tables.compute_totals(own_runs(runs)),
         shas=distinct(summaries["git_sha"]), torch_versions=distinct(summaries["torch_version"]),
         devices=distinct(summaries["device"]),
         wall_text=_page_wall_text(runs),
@@ -335,8 +336,8 @@ def _write_pages(runs: Runs, pages: list[Page], out_dir: Path, site: Path,
         common, overview=_overview(pages), lead=lead, lead_figures=_lead_figures(lead),
         pending=pending_pages(pages, lead),
         cross_claims=claims.claims_table([claims.first_last_across_datasets(summaries)]),
-        compute=tables.compute_totals(summaries),
-        in_progress=tables.in_progress_table(runs.in_progress),
+        compute=run_tables.compute_totals(summaries),
+        in_progress=run_tables.in_progress_table(runs.in_progress),
         shas=distinct(summaries["git_sha"]), torch_versions=distinct(summaries["torch_version"]),
         devices=distinct(summaries["device"]), wall_text=wall_text(summaries),
         problems=runs.problems + skipped, errors=errors,
