@@ -24,6 +24,10 @@ Each run is then classed
   reference seeds has no spread, so its runs cannot be within seed noise;
 - ``differs``: anything else, and also ``config differs`` (not compared) and ``unfinished``.
 
+A run that diverged (``diverged.json``, no summary) is a result too: two that diverged are
+``identical`` when every epoch record and where they diverged (epoch, step, first non-finite
+layer) are equal, and ``differs`` otherwise, as a run that diverged on one side only does.
+
 The exit status is 0 when every run is identical or within seed noise. This replaces the former
 ``--tolerance`` (one absolute bound on every number, epoch by epoch), which had no scale to set it
 by. The record (``--json``) names the CPU kind of both sides: the CPU model of each summary's
@@ -128,6 +132,9 @@ def compare_run(name: str, reference: Path, candidate: Path) -> RunComparison:
         result.verdict, result.reason = "config differs", "the result-defining configs differ: not compared"
         return result
     if None in summaries:
+        divergences = [runs.read_diverged(run) for run in (reference, candidate)]
+        if any(divergence is not None for divergence in divergences):
+            return _compare_divergences(result, divergences, summaries)
         missing = [side for side, summary in zip(("the reference", "the retrained run"), summaries)
                    if summary is None]
         result.verdict, result.reason = "unfinished", f"no {runs.SUMMARY} in {' or '.join(missing)}"
@@ -162,6 +169,54 @@ def compare_run(name: str, reference: Path, candidate: Path) -> RunComparison:
         result.reason = "bit for bit, every epoch record and summary result"
     elif not result.reason:
         _judge_by_seed_noise(result)
+    return result
+
+
+def _where(divergence: dict) -> str:
+    step = f", step {divergence['step']}" if divergence.get("step") else ""
+    return f"epoch {divergence.get('epoch')}{step}"
+
+
+# Where a run diverged, without when and on what (and the message, which only words it).
+_DIVERGENCE_IGNORED = runs.PROVENANCE_KEYS | {"diverged_at", "message"}
+
+
+def _compare_divergences(result: RunComparison, divergences: list[dict | None],
+                         summaries: list[dict | None]) -> RunComparison:
+    """Class a pair of which at least one run diverged."""
+    result.verdict = DIFFERS
+    if None in divergences:
+        side = 1 if divergences[0] is None else 0
+        names = ("the reference", "the retrained run")
+        other = "finished" if summaries[1 - side] is not None else "did not finish"
+        result.reason = (f"{names[side]} diverged ({_where(divergences[side])}); "
+                         f"{names[1 - side]} {other}")
+        return result
+    ours, theirs = (runs.read_metrics(run / runs.METRICS)
+                    for run in (result.reference, result.candidate))
+    result.epochs = len(ours)
+    pairs = [(f"epoch {old.get('epoch', index)}", old, new)
+             for index, (old, new) in enumerate(zip(ours, theirs))]
+    pairs.append(("where it diverged", *({k: v for k, v in d.items() if k not in _DIVERGENCE_IGNORED}
+                                          for d in divergences)))
+    if len(ours) != len(theirs):
+        result.first_difference = "number of epoch records"
+    for where, old, new in pairs:
+        old = {k: v for k, v in old.items() if k not in runs.TIMING_KEYS}
+        new = {k: v for k, v in new.items() if k not in runs.TIMING_KEYS}
+        found = _differences(old, new, "", result.one_sided_keys)
+        if found and not result.first_difference:
+            key, was, now = found
+            result.first_difference = f"{where}: {key} {was!r} -> {now!r}"
+    if result.first_difference:
+        result.reason = (f"both diverged, the reference in {_where(divergences[0])}, the "
+                         f"retrained run in {_where(divergences[1])}")
+        return result
+    layer = divergences[0].get("layer")
+    result.verdict = IDENTICAL
+    result.reason = (f"both diverged in {_where(divergences[0])}"
+                     + (f", first at {layer}" if layer else "")
+                     + "; every epoch record equal, bit for bit")
     return result
 
 

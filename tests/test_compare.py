@@ -150,6 +150,41 @@ def test_runs_that_cannot_match(tmp_path, candidate_args, verdict):
     assert result.verdict == verdict and result.reason
 
 
+def diverge(root: Path, *, seed: int = 0, step: int | None = 244, device: str = XEON) -> Path:
+    """``root``'s run, stopped in epoch 2 with a non-finite loss: diverged.json, no summary."""
+    run = root / "row1" / f"seed{seed}"
+    (run / "summary.json").unlink(missing_ok=True)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:2]))
+    (run / "diverged.json").write_text(json.dumps({
+        "epoch": 2, "step": step, "layer": "layer3.2.conv1.input_quantizer",
+        "found_in": "training loss", "message": f"non-finite loss at step {step}",
+        "last_finite_epoch": 1, "device": device, "git_sha": "x", "diverged_at": device}))
+    return root
+
+
+def test_two_runs_that_diverged_alike_are_identical_else_they_differ(tmp_path, capsys):
+    reference = diverge(committed_table(tmp_path / "a"))
+    alike = diverge(fabricate(tmp_path / "b", device=EPYC, seconds=2.0), device=EPYC)
+    [result] = compare_trees(reference, alike)
+    assert (result.verdict, result.reason) == (
+        "identical", "both diverged in epoch 2, step 244, first at "
+                     "layer3.2.conv1.input_quantizer; every epoch record equal, bit for bit")
+    assert compare(reference, alike, capsys=capsys)[0] == 0
+    later = diverge(fabricate(tmp_path / "c"), step=245)
+    [result] = compare_trees(reference, later)
+    assert result.verdict == "differs"
+    assert result.reason == ("both diverged, the reference in epoch 2, step 244, the retrained "
+                             "run in epoch 2, step 245")
+    assert result.first_difference == "where it diverged: step 244 -> 245"
+    [result] = compare_trees(reference, fabricate(tmp_path / "d"))
+    assert (result.verdict, result.reason) == (
+        "differs", "the reference diverged (epoch 2, step 244); the retrained run finished")
+    [result] = compare_trees(committed_table(tmp_path / "e"), later)
+    assert result.reason == "the retrained run diverged (epoch 2, step 245); the reference finished"
+    assert compare(reference, later, capsys=capsys)[0] == 1
+
+
 @pytest.mark.parametrize("arguments, message", [
     (("{a}", "{missing}"), "is not a directory of runs"),
     (("{a}", "{a}/row1"), "hold no run at the same path"),
