@@ -134,6 +134,7 @@ ablation_name = $(patsubst row$(call ablation_row,$(1))-%,%,$(1))
 ROWS      := $(call rows_of,fashion-mnist)
 ABLATIONS := $(call lsq_list,ablations)
 ABLATION_ROWS := $(call lsq_list,ablation-rows --profile $(call profile_of,fashion-mnist))
+CONTROLS  := $(call lsq_list,controls --profile $(call profile_of,fashion-mnist))
 # Without the lists no run has a rule: say so for the goals that train, rather than do nothing.
 ifneq ($(filter cifar10 imagenet fashion-mnist imagenet-paper fashion-mnist-paper synthetic ablations smoke reproduce reproduce-full,$(MAKECMDGOALS)),)
 ifeq ($(strip $(DATASETS)),)
@@ -149,6 +150,8 @@ $(foreach d,$(DATASETS),$(foreach s,$(SEEDS),$(foreach a,$(call table_ablations_
   $(eval $(call ABLATION_RULE,$(d),$(call profile_of,$(d)),$(s),$(call ablation_row,$(a)),$(call ablation_name,$(a)))))))
 $(foreach s,$(ABLATION_SEEDS),$(foreach r,$(ABLATION_ROWS),$(foreach a,$(ABLATIONS),\
   $(eval $(call ABLATION_RULE,fashion-mnist,$(call profile_of,fashion-mnist),$(s),$(r),$(a))))))
+$(foreach s,$(ABLATION_SEEDS),$(foreach a,$(CONTROLS),\
+  $(eval $(call ABLATION_RULE,fashion-mnist,$(call profile_of,fashion-mnist),$(s),0,$(a)))))
 # make deletes a target whose mtime changed when it is interrupted (Ctrl-C, kill) mid-recipe; a
 # summary.json that another make (or lsq train) finished meanwhile is a finished run: keep it.
 # (A pattern in .PRECIOUS covers only implicit rules, hence the list.)
@@ -161,7 +164,7 @@ fashion-mnist: $(call table_targets,fashion-mnist) ## Fashion-MNIST ResNet-20 ta
 imagenet-paper: $(call table_targets,imagenet-paper) ## the LSQ paper's ImageNet table: w/a 2/2, 3/3, 4/4, 8/8, first/last 8-bit, 2/2 and 3/3 distilled (from imagenet's row 0)
 fashion-mnist-paper: $(call table_targets,fashion-mnist-paper) ## the paper's precisions on Fashion-MNIST, 2/2 distilled (from fashion-mnist's row 0; use PROFILE=full)
 synthetic: $(call table_targets,synthetic) ## synthetic CIFAR-shaped data table (smoke/timing only)
-ablations: $(foreach s,$(ABLATION_SEEDS),$(foreach r,$(ABLATION_ROWS),$(foreach a,$(ABLATIONS),$(RUNS)/fashion-mnist/$(call profile_of,fashion-mnist)/row$(r)-$(a)/seed$(s)/summary.json))) ## Fashion-MNIST ablations: step-size init, step-size lr, lr schedule (rows 1, 3; row 3 with PROFILE=full)
+ablations: $(foreach s,$(ABLATION_SEEDS),$(foreach r,$(ABLATION_ROWS),$(foreach a,$(ABLATIONS),$(RUNS)/fashion-mnist/$(call profile_of,fashion-mnist)/row$(r)-$(a)/seed$(s)/summary.json)) $(foreach a,$(CONTROLS),$(RUNS)/fashion-mnist/$(call profile_of,fashion-mnist)/row0-$(a)/seed$(s)/summary.json)) ## Fashion-MNIST ablations: step-size init, step-size lr, lr schedule (rows 1, 3; row 3 with PROFILE=full, with row 0's float control)
 
 # Fails at once, with where the data is expected and how to get it, before any run starts.
 $(addprefix check-,$(filter-out synthetic,$(DATASETS))): check-%: | $(STAMP)

@@ -54,7 +54,7 @@ from dataclasses import replace  # noqa: E402
 
 from lsq.errors import ConfigError, LsqError  # noqa: E402
 from lsq.experiments import (ABLATIONS, DATASETS, PROFILES, SEED_FACTORS, TABLES,  # noqa: E402
-                             ablation_rows)
+                             ablation_rows, controls)
 
 BENCHES = ("quantizer", "data", "train", "imagenet")
 # What `python -m lsq list` prints: the one copy of each list, read by the Makefile.
@@ -75,6 +75,7 @@ LISTS = {
     "profiles": lambda profile, dataset: PROFILES,
     "ablations": lambda profile, dataset: [a.name for a in ABLATIONS if a.factor in SEED_FACTORS],
     "ablation-rows": lambda profile, dataset: ablation_rows(profile),
+    "controls": lambda profile, dataset: controls(profile),  # row 0's, at converging budgets
 }
 NEEDS_DATASET = ("baseline", "table-ablations")
 
@@ -239,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("list", help="print one of the project's lists, space-separated (the Makefile reads them)")
     p.add_argument("what", choices=LISTS)
-    p.add_argument("--profile", default="quick", choices=PROFILES, help="for ablation-rows")
+    p.add_argument("--profile", default="quick", choices=PROFILES,
+                   help="for ablation-rows and controls")
     p.add_argument("--dataset", choices=sorted(TABLES),
                    help="for rows, baseline and table-ablations: the table")
 

@@ -95,6 +95,8 @@ class OptimConfig:
     step_size_lr_factor: float = 1.0
     step_size_weight_decay: float = 0.0
     distill: bool = False  # quantized rows: distil the run's own float baseline (T = 1, 1:1)
+    # Row 0's control: start from the trained row 0 (its checkpoint), as rows 1-4 always do.
+    from_baseline: bool = False
 
     def __post_init__(self):
         # 0 epochs: evaluate only (ImageNet's pretrained row 0; a quantized row's calibration).
@@ -176,13 +178,26 @@ class RunConfig:
         if self.optim.distill and table.row(self.row).is_float:
             raise ConfigError("optim.distill (--distill) trains a quantized row (1-4) against its "
                               "float baseline as teacher; row 0 is that baseline")
+        if self.optim.from_baseline and not table.row(self.row).is_float:
+            raise ConfigError("optim.from_baseline trains the float row 0 on from its trained "
+                              "model; rows 1-4 always start from it, so leave it out there")
         if self.ablation:
-            get_ablation(self.ablation)  # unknown names raise, listing the known ones
-            if table.row(self.row).is_float:
-                raise ConfigError("ablations apply to quantized rows (1-4), not the float row 0")
+            ablation = get_ablation(self.ablation)  # unknown names raise, listing the known ones
+            if table.row(self.row).is_float and not ablation.float_row:
+                raise ConfigError(f"ablation {self.ablation} applies to quantized rows (1-4), not "
+                                  "the float row 0")
+            if ablation.float_row and not table.row(self.row).is_float:
+                raise ConfigError(f"ablation {self.ablation} is a control of the float row 0; "
+                                  "use --row 0")
         _check_choice("model", self.model, MODELS)
         if not isinstance(self.device, str) or not DEVICE.fullmatch(self.device):
             raise _bad("device", "auto, cpu, cuda or cuda:N", self.device)
+
+    @property
+    def starts_from_baseline(self) -> bool:
+        """Whether the run starts from its float baseline's trained model: rows 1-4, and row 0's
+        control (``optim.from_baseline``)."""
+        return not self.quant.is_float or self.optim.from_baseline
 
     @property
     def run_name(self) -> str:
@@ -377,6 +392,13 @@ def make_config(
         dataset=dataset, row=row, profile=profile, seed=seed, model=table.model,
         data=data, optim=optim, quant=quant,
     )
+    if ablation is not None and get_ablation(ablation).float_row and is_float:
+        # The control: the quantized rows' recipe (epochs, lr, weight decay) with nothing
+        # quantized, starting from the trained float model as they do.
+        quantized = next(r for r in table.rows if not r.is_float)
+        config = replace(config, optim=replace(
+            config.optim, epochs=budget["quant_epochs"], lr=quantized.lr_base, weight_decay=1e-4,
+            from_baseline=True))
     if ablation is not None:
         config = replace(config.with_overrides(*get_ablation(ablation).overrides), ablation=ablation)
     return config

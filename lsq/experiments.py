@@ -396,12 +396,16 @@ FIRST_LAST_DATASETS = ("imagenet", "cifar10")  # (larger effect claimed, smaller
 
 @dataclass(frozen=True)
 class Ablation:
-    """One ablation setting: a name, the factor it probes, and config overrides it applies."""
+    """One ablation setting: a name, the factor it probes, and config overrides it applies.
+
+    ``float_row``: a control of the float row 0 rather than an ablation of a quantized row: the
+    float model trained on with the quantized rows' recipe (``lsq.config.make_config``)."""
 
     name: str
-    factor: str  # "step_init", "step_lr", "scheduler"
+    factor: str  # "step_init", "step_lr", "scheduler", "distillation", "control"
     value: str  # human-readable value on the factor's axis
     overrides: tuple[str, ...]  # dotted config overrides, e.g. ("quant.init_scale=4",)
+    float_row: bool = False
 
 
 # The baseline setting of each factor (init x1, lr factor 1 with grad scale, cosine) is the
@@ -418,6 +422,10 @@ ABLATIONS: tuple[Ablation, ...] = (
     # The LSQ paper's distillation (teacher: the run's own float baseline, T = 1, 1:1 with the
     # cross-entropy); not one of the seed's factors, so `make ablations` leaves it out.
     Ablation("distill", "distillation", "distilled from the float baseline", ("optim.distill=true",)),
+    # Rows 1-4 train on from the float model for their own epochs, so a row can end above float
+    # for the extra training alone: the float model trained on exactly as they are, with nothing
+    # quantized, is what separates the two.
+    Ablation("finetune", "control", "float + the quantized rows' epochs", (), float_row=True),
 )
 SEED_FACTORS = ("step_init", "step_lr", "scheduler")  # what the seed's analysis names
 # The LSQ paper's own ablations of a factor, on 2-bit ResNet-18 / ImageNet: what they vary, and
@@ -431,6 +439,7 @@ ABLATION_BASELINE_VALUES = {
     "step_lr": "step-size lr x1, g on",
     "scheduler": "cosine lr",
     "distillation": "no teacher",
+    "control": "float, as trained (row 0)",
 }
 ABLATION_ROWS = (1, 3)
 # The full-data profile spends its CPU budget on row 3 (ternary weights, 2-bit activations), the
@@ -441,6 +450,16 @@ _ABLATION_ROWS_BY_PROFILE = {"full": (3,)}
 def ablation_rows(profile: str) -> tuple[int, ...]:
     """The rows whose ablations a profile trains."""
     return _ABLATION_ROWS_BY_PROFILE.get(profile, ABLATION_ROWS)
+
+
+# The budgets at which the float control is trained: those that converge. Under the quick
+# budget every row is far from it, and extra epochs would mostly measure that.
+CONTROL_PROFILES = ("paper", "full")
+
+
+def controls(profile: str) -> tuple[str, ...]:
+    """The float-row controls (``Ablation.float_row``) a profile trains."""
+    return tuple(a.name for a in ABLATIONS if a.float_row) if profile in CONTROL_PROFILES else ()
 # A row's budget has levelled off when its last epoch moves test top-1 by less than this, in
 # points, averaged over seeds (mean |Δ|): the criterion the `full` profile's epochs were chosen by.
 LEVELLED_POINTS = 0.3

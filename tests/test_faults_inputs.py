@@ -83,7 +83,7 @@ BAD_TRAIN_ARGS = [
     (["--set", "profile=weekend"], "profile must be one of paper, full, quick, smoke"),
     (["--set", "row=9"], "unknown row 9"),
     (["--set", "ablation=init-x100"], "unknown ablation 'init-x100'"),
-    (["--set", "ablation=init-x4"], "ablations apply to quantized rows (1-4), not the float row 0"),
+    (["--set", "ablation=init-x4"], "ablation init-x4 applies to quantized rows (1-4), not the float row 0"),
     (["--device", "gpu"], "device (--device) must be auto, cpu, cuda or cuda:N, got 'gpu'"),
 ]
 

@@ -217,7 +217,7 @@ def test_config_rejects_unknown_keys_and_profiles():
         make_config("synthetic", 1, "weekend")
     with pytest.raises(ConfigError, match="profile 'full' is not defined for cifar10; choose one of"):
         make_config("cifar10", 1, "full")
-    with pytest.raises(ConfigError, match="ablations apply to quantized rows"):
+    with pytest.raises(ConfigError, match="ablation init-x4 applies to quantized rows"):
         make_config("synthetic", 0, ablation="init-x4")
     with pytest.raises(ValueError, match="unknown ablation"):
         make_config("synthetic", 1, ablation="init-x100")

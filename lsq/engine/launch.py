@@ -101,7 +101,7 @@ def fit_after_baseline(config: RunConfig, runs_dir: str | Path = "runs", *, prog
     (``lsq.runlock``). The run itself is exactly ``fit``'s, so its result is what the row would
     give started after the baseline.
     """
-    if config.quant.is_float:
+    if not config.starts_from_baseline:
         raise TrainingError("--wait-for-baseline is for the quantized rows 1-4; row 0 is the baseline")
     runs_dir = Path(runs_dir)
     baseline_dir = config.baseline().run_dir(runs_dir)

@@ -90,7 +90,7 @@ def fit(config: RunConfig, runs_dir: str | Path = "runs", *, progress: bool = Tr
     runs_dir = Path(runs_dir)
     run_dir = config.run_dir(runs_dir)
     runs.git_sha()  # the code this process started with, before hours of training (cached)
-    if retrain_baseline and config.quant.is_float:
+    if retrain_baseline and not config.starts_from_baseline:
         raise ConfigError("--retrain-baseline is for the quantized rows 1-4, which start from "
                           "row 0; to train row 0 itself, leave it out")
     summary = runs.read_summary(run_dir)
@@ -191,7 +191,7 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
     is_main = rank == 0
     summary_path = run_dir / runs.SUMMARY
     float_state = None
-    if not config.quant.is_float:
+    if config.starts_from_baseline:
         source = baseline_checkpoint(config, runs_dir)
         if RETRAINED_BASELINES in source.relative_to(runs_dir).parts:
             log(f"{run_dir}: starting from the retrained baseline {source}")
@@ -217,7 +217,7 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
     else:
         start_epoch, wall_before, started_at = resume(
             checkpoint_path, metrics_path, model, optimizer, scheduler, is_main,
-            first_epoch=0 if quantizers(model) or config.optim.epochs == 0 else 1, log=log)
+            first_epoch=0 if _records_epoch_0(config, model) else 1, log=log)
         if is_main:
             log(f"{run_dir}: resuming after epoch {start_epoch}")
     # After calibration: DDP broadcasts rank 0's step sizes with every other parameter.
@@ -233,8 +233,9 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
         log(f"torch.compile on ({train_steps} training steps on the "
             f"{device.type}; --no-compile turns it off)")
     if fresh:
-        if quantizers(model) or config.optim.epochs == 0:
-            # Epoch 0: the converted, initialised model before any step (or a pretrained float).
+        if _records_epoch_0(config, model):
+            # Epoch 0: the model before any step: the converted, initialised one, the trained
+            # float one a control starts from, or a pretrained float one.
             test_metrics = evaluate(evaluator, data.test, ctx, model)
             check_finite_evaluation(test_metrics, 0, config, run_dir)
             record = _epoch_record(0, optimizer.param_groups[0]["lr"], None, test_metrics, model,
@@ -356,6 +357,12 @@ def _teacher(config: RunConfig, float_state: dict, device: torch.device) -> nn.M
     return teacher.requires_grad_(False)
 
 
+def _records_epoch_0(config: RunConfig, model: nn.Module) -> bool:
+    """Whether ``metrics.jsonl`` starts with the model before any step (epoch 0): where that
+    model is already a result (a baseline's, converted; or a pretrained one), not random."""
+    return bool(quantizers(model)) or config.optim.epochs == 0 or config.starts_from_baseline
+
+
 def _epoch_record(epoch: int, lr: float, train_metrics: dict | None, test_metrics: dict,
                   model: nn.Module, epoch_seconds: float, images_per_second: float | None) -> dict:
     """One line of metrics.jsonl (docs/run-format.md); epoch 0 has no training metrics."""
@@ -388,6 +395,6 @@ def _summary(config, run_dir, data, device, wall_seconds, started_at, *, compile
         "compiled": compiled, "cuda_graphs": cuda_graphs,
         "git_sha": runs.git_sha(), "hostname": os.uname().nodename,
         "started_at": started_at, "finished_at": _now(),
-        "baseline_run": None if config.quant.is_float else
+        "baseline_run": None if not config.starts_from_baseline else
         str(config.baseline().run_dir(Path(".")).as_posix()),
     }

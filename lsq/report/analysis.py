@@ -24,6 +24,7 @@ from lsq.report import stats
 from lsq.report.tables import NOT_RUN, Estimate, diverged_count, estimate
 
 COSTS, GAINS, NO_EFFECT, DIVERGED = "costs", "gains", "no effect", "diverged"
+CONTROL = "control"  # the factor of row 0's control (Ablation.float_row)
 DELTA_COLUMNS = ["Δ vs baseline", "95 % CI", "seeds", "threshold", "verdict", "seeds to settle"]
 DASH = stats.DASH
 
@@ -32,6 +33,7 @@ FACTORS = {
     "step_lr": "Step-size learning rate",
     "scheduler": "Learning-rate scheduler",
     "distillation": "Distillation from the float baseline",
+    "control": "Control: the float model trained as long as the quantized rows",
 }
 ADVICE = {  # what each factor's section opens with: the seed README's advice, quoted
     "step_init": "Seed README: “scale initial value: not to big, keep enough nozero weight”",
@@ -40,6 +42,11 @@ ADVICE = {  # what each factor's section opens with: the seed README's advice, q
     "distillation": "The LSQ paper's distillation as this project implements it (docs/method.md): "
                     "the teacher is the run's own float baseline, temperature 1, cross-entropy "
                     "and KL to the teacher weighted 1:1.",
+    "control": "Rows 1-4 train on from the float model for the quantized budget, so a row can "
+               "end above float for the extra training alone. The control trains the float "
+               "model on exactly as they are (the same epochs, lr, weight decay and schedule, "
+               "nothing quantized); the drops against it are what quantization costs at equal "
+               "training.",
 }
 
 
@@ -81,17 +88,23 @@ def settings(factor: str) -> list[tuple[str, str]]:
     ]
 
 
-def ablated_rows(summaries: pd.DataFrame) -> list[int]:
+def ablated_rows(summaries: pd.DataFrame, factor: str | None = None) -> list[int]:
     """The rows the runs' profile ablates (``lsq.experiments.ablation_rows``) plus any other row
-    that has ablation runs."""
-    profiles = set(summaries["profile"].dropna()) if len(summaries) else set()
-    datasets = set(summaries["dataset"].dropna()) if len(summaries) else set()
-    own = get_table(datasets.pop()).table_ablations if len(datasets) == 1 else ()
-    if own:  # a table that trains its own ablations (the paper's distilled rows)
-        planned = tuple(row for row, _ in own)
+    that has ablation runs; of ``factor`` only, when given (the control's row is row 0)."""
+    names = {a.name for a in ABLATIONS if factor is None or a.factor == factor}
+    if factor == CONTROL:
+        planned = (0,)
     else:
-        planned = ablation_rows(profiles.pop()) if len(profiles) == 1 else ABLATION_ROWS
-    extra = set(summaries.loc[summaries["ablation"] != "", "row"]) if len(summaries) else set()
+        profiles = set(summaries["profile"].dropna()) if len(summaries) else set()
+        datasets = set(summaries["dataset"].dropna()) if len(summaries) else set()
+        own = get_table(datasets.pop()).table_ablations if len(datasets) == 1 else ()
+        if own:  # a table that trains its own ablations (the paper's distilled rows)
+            planned = tuple(row for row, _ in own)
+        else:
+            planned = ablation_rows(profiles.pop()) if len(profiles) == 1 else ABLATION_ROWS
+        names -= {a.name for a in ABLATIONS if a.factor == CONTROL}
+    extra = (set(summaries.loc[summaries["ablation"].isin(names), "row"]) if len(summaries)
+             else set())
     return sorted(set(planned) | {int(r) for r in extra})
 
 
@@ -119,7 +132,7 @@ def ablation_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, factor: s
     A line with only diverged seeds has the verdict ``diverged``.
     """
     records = []
-    for row in ablated_rows(summaries):
+    for row in ablated_rows(summaries, factor):
         baseline = _finals(summaries, row, "", "final_top1")
         for name, value in settings(factor):
             finals = _finals(summaries, row, name, "final_top1")
@@ -269,3 +282,61 @@ def _verdict_sentence(r: pd.Series) -> str:
     boundary = "0" if ABLATION_THRESHOLD == 0 else threshold_text()
     return (f"{r['setting']} on {where}: {delta.format_mean()} points ({ci}), "
             f"the interval includes {boundary}: inconclusive; {settle}{nonzero}{tail}.")
+
+
+# --- the control: drops at equal training ------------------------------------------------------
+
+
+CONTROL_COLUMNS = ["row", "setting", "seeds", "drop vs float as trained", "95 % CI",
+                   "drop vs the control", "95 % CI (control)"]
+
+
+def control_drops(summaries: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Each quantized row's drop, paired per seed, against the float model as trained (row 0,
+    the table's drop) and against the control (row 0 trained on with the rows' own recipe):
+    ``row``, ``label``, ``drop`` and ``control_drop`` (:class:`lsq.report.stats.Interval`)."""
+    names = [a.name for a in ABLATIONS if a.factor == CONTROL]
+    control = _finals(summaries, 0, names[0], "final_top1") if names else pd.Series(dtype=float)
+    plain = _finals(summaries, 0, "", "final_top1")
+    records = []
+    for row in get_table(dataset).rows:
+        finals = _finals(summaries, row.id, "", "final_top1")
+        if row.is_float or finals.empty:
+            continue
+        records.append({"row": row.id, "label": row.label, "drop": stats.paired(plain, finals),
+                        "control_drop": stats.paired(control, finals)})
+    return pd.DataFrame.from_records(records, columns=["row", "label", "drop", "control_drop"])
+
+
+def format_control_drops(drops: pd.DataFrame) -> pd.DataFrame:
+    lines = [{"row": str(r["row"]), "setting": r["label"], "seeds": str(r["control_drop"].n or DASH),
+              "drop vs float as trained": r["drop"].format_mean(),
+              "95 % CI": r["drop"].format_interval(),
+              "drop vs the control": r["control_drop"].format_mean(),
+              "95 % CI (control)": r["control_drop"].format_interval()}
+             for _, r in drops.iterrows()]
+    return pd.DataFrame(lines, columns=CONTROL_COLUMNS)
+
+
+def control_sentences(drops: pd.DataFrame) -> list[str]:
+    """One sentence per row: its drop at equal training, and whether the row still ends above
+    float once the float model has trained as long (the interval wholly below 0)."""
+    sentences = []
+    for _, r in drops.iterrows():
+        drop, control = r["drop"], r["control_drop"]
+        if not control.measured:
+            sentences.append(f"Row {r['row']}: no control run of its seeds, so no drop at equal "
+                             "training.")
+            continue
+        ci = (f"95 % CI {control.format_interval()}, {control.n} seeds" if control.has_interval
+              else "1 seed, no interval")
+        if control.has_interval and control.hi < 0:
+            side = "above the equally trained float model"
+        elif control.has_interval and control.lo > 0:
+            side = "below the equally trained float model"
+        else:
+            side = "not distinguishable from the equally trained float model"
+        sentences.append(f"Row {r['row']} ({r['label']}): drop {control.format_mean()} points "
+                         f"against the control ({ci}), against {drop.format_mean()} against the "
+                         f"float model as trained: {side}.")
+    return sentences

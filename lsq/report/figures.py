@@ -200,7 +200,7 @@ def ablation_final_accuracy(runs: Runs, factor: str) -> Figure:
     """Final top-1 per setting of one ablation factor, grouped by row, ±1 std error bars; seeds
     that diverged are written at the foot of their setting."""
     finals = runs.summaries
-    rows = ablated_rows(finals)
+    rows = ablated_rows(finals, factor)
     options = settings(factor)
     fig, axes = _figure(1, len(rows), size=(3.4 * len(rows), 3.2))
     diverged = runs.diverged
@@ -237,7 +237,7 @@ def ablation_nonzero_fraction(runs: Runs, factor: str = "step_init") -> Figure:
     one legend for all panels, n = seeds (a range when the rows differ)."""
     epochs = runs.epochs.dropna(subset=["weight_sparsity"])
     epochs = epochs.assign(nonzero=100 * (1 - epochs["weight_sparsity"]))
-    rows = ablated_rows(runs.summaries)
+    rows = ablated_rows(runs.summaries, factor)
     fig, axes = _figure(1, len(rows), size=(3.4 * len(rows), 3.3), sharey=True)
     handles, names = [], []
     for i, (name, value) in enumerate(settings(factor)):

@@ -224,12 +224,17 @@ def _page(runs: Runs) -> Page:
         for factor, title in analysis.factors_for(dataset, summaries, runs.in_progress,
                                                   runs.diverged).items():
             numbers = analysis.ablation_table(summaries, runs.in_progress, factor, runs.diverged)
-            page.analysis.append({
+            section = {
                 "factor": factor, "title": title, "advice": analysis.ADVICE[factor],
                 "paper": analysis.paper_ablation_note(factor),
                 "table": analysis.format_ablation_table(numbers),
                 "verdicts": analysis.verdicts(numbers),
-            })
+            }
+            if factor == analysis.CONTROL:
+                drops = analysis.control_drops(summaries, dataset)
+                section["drops"] = analysis.format_control_drops(drops)
+                section["drop_sentences"] = analysis.control_sentences(drops)
+            page.analysis.append(section)
     return page
 
 
