@@ -135,3 +135,9 @@ def test_the_analysis_page_shows_the_drops_at_equal_training(full_runs, tmp_path
     assert "| 3 | w[-1,0,1], a[0,1,2,3], first/last float | 2 | +1.90 |" in page
     html = (tmp_path / "report" / "site" / "fashion-mnist-full-analysis.html").read_text()
     assert "Drops at equal training" in html
+    table_page = (tmp_path / "report" / "fashion-mnist-full.md").read_text()
+    assert ("- **At equal training:** rows 1-4 trained on from row 0 for their own epochs, so the "
+            "drops above compare models trained for different budgets. The float control (2 "
+            "seeds) trains row 0 on exactly as they are; the drops against it, at equal "
+            "training, are on the Analysis page: "
+            "[fashion-mnist-full-analysis.md](fashion-mnist-full-analysis.md).") in table_page

@@ -308,6 +308,20 @@ def control_drops(summaries: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=["row", "label", "drop", "control_drop"])
 
 
+def control_note(summaries: pd.DataFrame) -> str:
+    """The results' note where the page has control runs: the drops above are against a float
+    model that trained fewer epochs than the rows; the Analysis page has them at equal training."""
+    names = {a.name for a in ABLATIONS if a.factor == CONTROL}
+    seeds = summaries.loc[summaries["ablation"].isin(names), "seed"].nunique() if len(summaries) \
+        else 0
+    if not seeds:
+        return ""
+    return (f"rows 1-4 trained on from row 0 for their own epochs, so the drops above compare "
+            f"models trained for different budgets. The float control ({seeds} seed"
+            f"{'s' if seeds != 1 else ''}) trains row 0 on exactly as they are; the drops against "
+            "it, at equal training, are on the Analysis page:")
+
+
 def format_control_drops(drops: pd.DataFrame) -> pd.DataFrame:
     lines = [{"row": str(r["row"]), "setting": r["label"], "seeds": str(r["control_drop"].n or DASH),
               "drop vs float as trained": r["drop"].format_mean(),

@@ -103,6 +103,7 @@ class Page:
     convergence: pd.DataFrame = field(default_factory=pd.DataFrame)  # lsq.report.convergence
     reproduction: str = ""  # what `make reproduce` found, from <runs>/<dataset>/<profile>/reproduction.json
     stand_in: str = ""  # why this dataset stands in for a published one (tables.stand_in_note)
+    control_note: str = ""  # where the drops at equal training are (analysis.control_note)
     longer: list["Page"] = field(default_factory=list)  # this dataset's longer profiles with runs
 
     @property
@@ -220,6 +221,7 @@ def _page(runs: Runs) -> Page:
                                                    f"{dataset}/{profile}")
         except (ValueError, KeyError, TypeError) as error:
             page.problems.append(f"{dataset}/{profile}/{REPRODUCTION}: unreadable ({error!r}), not shown")
+    page.control_note = analysis.control_note(summaries)
     if page.has_analysis:
         for factor, title in analysis.factors_for(dataset, summaries, runs.in_progress,
                                                   runs.diverged).items():
