@@ -55,6 +55,7 @@ def test_a_diverged_run_writes_diverged_json_with_where_and_provenance(tmp_path,
     assert (record["dataset"], record["row"], record["seed"], record["ablation"]) == (
         "synthetic", 0, 0, None)  # as summary.json has it
     assert (record["epoch"], record["step"], record["found_in"]) == (1, None, "test loss")
+    assert record["data_kind"] == "synthetic"
     assert record["lr"] == 1e6 and record["epochs"] == 1
     assert record["last_finite_epoch"] is None  # a float run records no epoch 0
     assert record["git_sha"] == runfmt.git_sha() and "cpu" in record["device"]

@@ -21,7 +21,7 @@ from lsq.engine.host import device_description
 from lsq.errors import NonFiniteLossError
 
 
-def check_finite_evaluation(metrics: dict, epoch: int, config: RunConfig, run_dir: Path) -> None:
+def check_finite_evaluation(metrics: dict, epoch: int, config: RunConfig) -> None:
     """A test loss that is not finite means the run diverged: stop before it is recorded."""
     loss = metrics["test_loss"]
     if math.isfinite(loss):
@@ -37,14 +37,14 @@ def check_finite_evaluation(metrics: dict, epoch: int, config: RunConfig, run_di
 
 def record_divergence(error: NonFiniteLossError, config: RunConfig, run_dir: Path,
                       device: torch.device, wall_seconds: float, started_at: str, *,
-                      compiled: bool, cuda_graphs: bool) -> NonFiniteLossError:
+                      data_kind: str, compiled: bool, cuda_graphs: bool) -> NonFiniteLossError:
     """Write ``diverged.json`` (docs/run-format.md): a diverged run is a result the report
     shows, with where it diverged and the code and machine it did so on. Returns the error to
     raise, its message naming the file and what to do."""
     last = runs.read_metrics(run_dir / runs.METRICS)
     runs.write_json(run_dir / runs.DIVERGED, {
         "dataset": config.dataset, "profile": config.profile, "row": config.row,
-        "seed": config.seed, "ablation": config.ablation,
+        "seed": config.seed, "ablation": config.ablation, "data_kind": data_kind,
         "epoch": error.epoch, "step": error.step, "layer": error.layer,
         "found_in": "test loss" if error.step is None else "training loss",
         "message": str(error), "lr": config.optim.lr, "epochs": config.optim.epochs,

@@ -4,9 +4,9 @@ Resumability: every epoch ends with an atomic checkpoint. The data order and aug
 epoch are a pure function of (seed, epoch) (see :mod:`lsq.data`), so a run killed at any moment
 and started again finishes with bit-identical metrics on the CPU. ``summary.json`` is written
 last; its presence means done, and it holds only finite numbers: a loss that is not finite
-stops the run with ``diverged.json`` in its place (:mod:`lsq.engine.divergence`). A model that trains to chance
-accuracy with a finite loss is a result, not an error (a smoke run or a weak row can sit there),
-and is reported as measured. docs/guarantees.md lists what a run directory promises.
+stops the run with ``diverged.json`` in its place (:mod:`lsq.engine.divergence`). A model that
+trains to chance accuracy with a finite loss is a result, not an error (a smoke run or a weak row
+can sit there), and is reported as measured. docs/guarantees.md lists what a run directory promises.
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
             # Epoch 0: the model before any step: the converted, initialised one, the trained
             # float one a control starts from, or a pretrained float one.
             test_metrics = evaluate(evaluator, data.test, ctx, model)
-            check_finite_evaluation(test_metrics, 0, config, run_dir)
+            check_finite_evaluation(test_metrics, 0, config)
             record = _epoch_record(0, optimizer.param_groups[0]["lr"], None, test_metrics, model,
                                    0.0, None)
             if is_main:
@@ -267,7 +267,7 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
             check_step_sizes(model, epoch + 1)
             # Evaluation needs no DDP: the plain module, or its own compiled wrapper.
             test_metrics = evaluate(evaluator, data.test, ctx, model)
-            check_finite_evaluation(test_metrics, epoch + 1, config, run_dir)
+            check_finite_evaluation(test_metrics, epoch + 1, config)
             epoch_seconds = time.time() - epoch_start
             record = _epoch_record(epoch + 1, lr, train_metrics, test_metrics, model,
                                    epoch_seconds,
@@ -290,7 +290,8 @@ def _train_run(config: RunConfig, runs_dir: Path, run_dir: Path, device: torch.d
         if is_main:
             raise record_divergence(error, config, run_dir, device,
                                     wall_before + time.time() - started, started_at,
-                                    compiled=compile_model, cuda_graphs=cuda_graphs) from None
+                                    data_kind=data.data_kind, compiled=compile_model,
+                                    cuda_graphs=cuda_graphs) from None
         raise
 
     if world_size > 1:
