@@ -141,3 +141,18 @@ def test_the_analysis_page_shows_the_drops_at_equal_training(full_runs, tmp_path
             "seeds) trains row 0 on exactly as they are; the drops against it, at equal "
             "training, are on the Analysis page: "
             "[fashion-mnist-full-analysis.md](fashion-mnist-full-analysis.md).") in table_page
+
+
+def test_the_paper_page_borrows_the_control_with_its_float_row(full_runs):
+    """The paper's rows train with the same recipe as the seed table's, so the control that
+    trains row 0 on as they are serves the page that borrows row 0 too."""
+    from test_paper_table import _paper_run
+
+    for seed, final in enumerate((92.0, 92.5)):
+        _paper_run(full_runs, "row1", seed, final)
+    runs = load_runs(full_runs).select("fashion-mnist-paper", "full")
+    control = runs.summaries[runs.summaries["ablation"] == "finetune"]
+    assert sorted(control["path"]) == ["fashion-mnist/full/row0-finetune/seed0",
+                                       "fashion-mnist/full/row0-finetune/seed1"]
+    drops = analysis.control_drops(runs.summaries, "fashion-mnist-paper").set_index("row")
+    assert drops.loc[1, "control_drop"].mean == pytest.approx(((93.4 - 92.0) + (94.0 - 92.5)) / 2)

@@ -26,7 +26,7 @@ import yaml
 from lsq import runs as run_format
 from lsq.config import RunConfig
 from lsq.errors import ConfigError
-from lsq.experiments import PROFILES, TABLES
+from lsq.experiments import ABLATIONS, PROFILES, TABLES
 from lsq.levels import format_levels
 
 KEYS = ["dataset", "profile", "row", "ablation", "seed"]
@@ -106,14 +106,16 @@ class Runs:
     def select(self, dataset: str, profile: str) -> "Runs":
         """The runs of one (dataset, profile) page. A table that takes its float models from
         another (``Table.baseline_from``) gets that table's row-0 runs of the profile as its own
-        row 0 (their ``path`` says where they live)."""
+        row 0, with row 0's float control (its rows train with the same recipe); their ``path``
+        says where they live."""
         source = TABLES[dataset].baseline_from if dataset in TABLES else None
+        row0 = {"", *(a.name for a in ABLATIONS if a.float_row)}
 
         def pick(df: pd.DataFrame) -> pd.DataFrame:
             chosen = (df["dataset"] == dataset) & (df["profile"] == profile)
             if source is not None:
                 borrowed = df[(df["dataset"] == source) & (df["profile"] == profile)
-                              & (df["row"] == 0) & (df["ablation"] == "")]
+                              & (df["row"] == 0) & df["ablation"].isin(row0)]
                 return pd.concat([borrowed.assign(dataset=dataset), df[chosen]],
                                  ignore_index=True)
             return df[chosen].reset_index(drop=True)
