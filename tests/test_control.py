@@ -119,9 +119,9 @@ def test_drops_against_the_control_are_paired_per_seed(full_runs):
                                       "[-0.20, -0.20]", "+0.30", "[-0.97, +1.57]"]
     sentences = analysis.control_sentences(drops.reset_index())
     assert sentences[0] == (
-        "Row 1 (w[-1,0,1], first/last float): drop +0.30 points against the control (95 % CI "
-        "[-0.97, +1.57], 2 seeds), against -0.20 against the float model as trained: not "
-        "distinguishable from the equally trained float model.")
+        "Row 1 (w[-1,0,1], first/last float): drop +0.30 points at equal training (95 % CI "
+        "[-0.97, +1.57], 2 seeds; the table's drop, against the float model as trained: -0.20): "
+        "not distinguishable from the equally trained float model.")
     assert sentences[1].endswith("below the equally trained float model.")  # +2.4, +2.4
 
 

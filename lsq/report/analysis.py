@@ -350,7 +350,7 @@ def control_sentences(drops: pd.DataFrame) -> list[str]:
             side = "below the equally trained float model"
         else:
             side = "not distinguishable from the equally trained float model"
-        sentences.append(f"Row {r['row']} ({r['label']}): drop {control.format_mean()} points "
-                         f"against the control ({ci}), against {drop.format_mean()} against the "
-                         f"float model as trained: {side}.")
+        sentences.append(f"Row {r['row']} ({r['label']}): drop {control.format_mean()} points at "
+                         f"equal training ({ci}; the table's drop, against the float model as "
+                         f"trained: {drop.format_mean()}): {side}.")
     return sentences
