@@ -156,3 +156,12 @@ def test_the_paper_page_borrows_the_control_with_its_float_row(full_runs):
                                        "fashion-mnist/full/row0-finetune/seed1"]
     drops = analysis.control_drops(runs.summaries, "fashion-mnist-paper").set_index("row")
     assert drops.loc[1, "control_drop"].mean == pytest.approx(((93.4 - 92.0) + (94.0 - 92.5)) / 2)
+
+
+def test_both_drops_rest_on_the_seeds_the_control_has(full_runs):
+    write_run(full_runs, "fashion-mnist", "full", "row0", 2, 80.0)  # no control for seed 2
+    write_run(full_runs, "fashion-mnist", "full", "row1", 2, 93.0)
+    runs = load_runs(full_runs).select("fashion-mnist", "full")
+    drops = analysis.control_drops(runs.summaries, "fashion-mnist").set_index("row")
+    assert drops.loc[1, "drop"].n == drops.loc[1, "control_drop"].n == 2
+    assert drops.loc[1, "drop"].mean == pytest.approx(-0.2)

@@ -293,11 +293,14 @@ CONTROL_COLUMNS = ["row", "setting", "seeds", "drop vs float as trained", "95 % 
 
 def control_drops(summaries: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Each quantized row's drop, paired per seed, against the float model as trained (row 0,
-    the table's drop) and against the control (row 0 trained on with the rows' own recipe):
+    the table's drop) and against the control (row 0 trained on with the rows' own recipe),
+    both over the seeds the control has, so that the two compare the same models:
     ``row``, ``label``, ``drop`` and ``control_drop`` (:class:`lsq.report.stats.Interval`)."""
     names = [a.name for a in ABLATIONS if a.factor == CONTROL]
     control = _finals(summaries, 0, names[0], "final_top1") if names else pd.Series(dtype=float)
     plain = _finals(summaries, 0, "", "final_top1")
+    if len(control):
+        plain = plain[plain.index.isin(control.index)]
     records = []
     for row in get_table(dataset).rows:
         finals = _finals(summaries, row.id, "", "final_top1")
