@@ -348,6 +348,8 @@ _BUDGETS: dict[tuple[str, str], dict] = {
     ("synthetic", "paper"): dict(float_epochs=90, quant_epochs=90),
     ("synthetic", "quick"): dict(float_epochs=3, quant_epochs=2, train_subset=2048, test_subset=1024),
 }
+# Float baselines trained from scratch, and the quantized rows (the paper's ImageNet value).
+FLOAT_WEIGHT_DECAY, QUANT_WEIGHT_DECAY = 5e-4, 1e-4
 _SMOKE = dict(float_epochs=1, quant_epochs=1, train_subset=256, test_subset=256, batch_size=64)
 _BATCH = {"imagenet": 256}
 
@@ -376,7 +378,7 @@ def make_config(
         epochs=epochs,
         batch_size=budget.get("batch_size", _BATCH.get(data_name, 128)),
         lr=table_row.lr_base,
-        weight_decay=5e-4 if is_float else 1e-4,
+        weight_decay=FLOAT_WEIGHT_DECAY if is_float else QUANT_WEIGHT_DECAY,
     )
     quant = QuantConfig(
         weight_levels=format_levels(table_row.constr_w),
@@ -397,8 +399,8 @@ def make_config(
         # quantized, starting from the trained float model as they do.
         quantized = next(r for r in table.rows if not r.is_float)
         config = replace(config, optim=replace(
-            config.optim, epochs=budget["quant_epochs"], lr=quantized.lr_base, weight_decay=1e-4,
-            from_baseline=True))
+            config.optim, epochs=budget["quant_epochs"], lr=quantized.lr_base,
+            weight_decay=QUANT_WEIGHT_DECAY, from_baseline=True))
     if ablation is not None:
         config = replace(config.with_overrides(*get_ablation(ablation).overrides), ablation=ablation)
     return config
