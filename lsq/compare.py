@@ -139,29 +139,9 @@ def compare_run(name: str, reference: Path, candidate: Path) -> RunComparison:
                    if summary is None]
         result.verdict, result.reason = "unfinished", f"no {runs.SUMMARY} in {' or '.join(missing)}"
         return result
-    ours, theirs = (runs.read_metrics(run / runs.METRICS) for run in (reference, candidate))
-    result.epochs = len(ours)
-    if len(ours) != len(theirs):
-        result.verdict, result.first_difference = DIFFERS, "number of epoch records"
-        result.reason = f"{len(ours)} epoch records in the reference, {len(theirs)} retrained"
-    # Epoch records pairwise (as far as both go), then the summaries' results.
-    pairs = list(zip(ours, theirs))
-    pairs.append(tuple({k: v for k, v in summary.items() if k not in runs.PROVENANCE_KEYS}
-                       for summary in summaries))
-    for index, (old, new) in enumerate(pairs):
-        old = {k: v for k, v in old.items() if k not in runs.TIMING_KEYS}
-        new = {k: v for k, v in new.items() if k not in runs.TIMING_KEYS}
-        where = "summary" if index == len(pairs) - 1 else f"epoch {old.get('epoch', index)}"
-        for key, top in (("test_top1", "max_top1_difference"), ("test_loss", "max_loss_difference"),
-                         ("final_top1", "max_top1_difference"),
-                         ("final_test_loss", "max_loss_difference")):
-            if isinstance(old.get(key), (int, float)) and isinstance(new.get(key), (int, float)):
-                setattr(result, top, max(getattr(result, top), abs(old[key] - new[key])))
-        found = _differences(old, new, "", result.one_sided_keys)
-        if found and not result.first_difference:
-            key, was, now = found
-            result.verdict = DIFFERS
-            result.first_difference = f"{where}: {key} {was!r} -> {now!r}"
+    _compare_records(result, ("summary", *({k: v for k, v in summary.items()
+                                            if k not in runs.PROVENANCE_KEYS}
+                                           for summary in summaries)))
     finals = [summary.get("final_top1") for summary in summaries]
     if all(isinstance(value, (int, float)) for value in finals):
         result.final_top1_difference = finals[1] - finals[0]
@@ -172,9 +152,31 @@ def compare_run(name: str, reference: Path, candidate: Path) -> RunComparison:
     return result
 
 
-def _where(divergence: dict) -> str:
-    step = f", step {divergence['step']}" if divergence.get("step") else ""
-    return f"epoch {divergence.get('epoch')}{step}"
+def _compare_records(result: RunComparison, last: tuple[str, dict, dict]) -> None:
+    """Compare every epoch record pairwise (as far as both go), then ``last`` (what the runs
+    ended with: ``(label, reference, candidate)``), timing left out: the first difference makes
+    the verdict ``differs``; the largest top-1 and loss differences are kept."""
+    ours, theirs = (runs.read_metrics(run / runs.METRICS)
+                    for run in (result.reference, result.candidate))
+    result.epochs = len(ours)
+    if len(ours) != len(theirs):
+        result.verdict, result.first_difference = DIFFERS, "number of epoch records"
+        result.reason = f"{len(ours)} epoch records in the reference, {len(theirs)} retrained"
+    pairs = [(f"epoch {old.get('epoch', index)}", old, new)
+             for index, (old, new) in enumerate(zip(ours, theirs))] + [last]
+    for where, old, new in pairs:
+        old = {k: v for k, v in old.items() if k not in runs.TIMING_KEYS}
+        new = {k: v for k, v in new.items() if k not in runs.TIMING_KEYS}
+        for key, top in (("test_top1", "max_top1_difference"), ("test_loss", "max_loss_difference"),
+                         ("final_top1", "max_top1_difference"),
+                         ("final_test_loss", "max_loss_difference")):
+            if isinstance(old.get(key), (int, float)) and isinstance(new.get(key), (int, float)):
+                setattr(result, top, max(getattr(result, top), abs(old[key] - new[key])))
+        found = _differences(old, new, "", result.one_sided_keys)
+        if found and not result.first_difference:
+            key, was, now = found
+            result.verdict = DIFFERS
+            result.first_difference = f"{where}: {key} {was!r} -> {now!r}"
 
 
 # Where a run diverged, without when and on what (and the message, which only words it).
@@ -184,37 +186,23 @@ _DIVERGENCE_IGNORED = runs.PROVENANCE_KEYS | {"diverged_at", "message"}
 def _compare_divergences(result: RunComparison, divergences: list[dict | None],
                          summaries: list[dict | None]) -> RunComparison:
     """Class a pair of which at least one run diverged."""
-    result.verdict = DIFFERS
     if None in divergences:
         side = 1 if divergences[0] is None else 0
         names = ("the reference", "the retrained run")
         other = "finished" if summaries[1 - side] is not None else "did not finish"
-        result.reason = (f"{names[side]} diverged ({_where(divergences[side])}); "
+        result.verdict = DIFFERS
+        result.reason = (f"{names[side]} diverged ({runs.where_diverged(divergences[side])}); "
                          f"{names[1 - side]} {other}")
         return result
-    ours, theirs = (runs.read_metrics(run / runs.METRICS)
-                    for run in (result.reference, result.candidate))
-    result.epochs = len(ours)
-    pairs = [(f"epoch {old.get('epoch', index)}", old, new)
-             for index, (old, new) in enumerate(zip(ours, theirs))]
-    pairs.append(("where it diverged", *({k: v for k, v in d.items() if k not in _DIVERGENCE_IGNORED}
-                                          for d in divergences)))
-    if len(ours) != len(theirs):
-        result.first_difference = "number of epoch records"
-    for where, old, new in pairs:
-        old = {k: v for k, v in old.items() if k not in runs.TIMING_KEYS}
-        new = {k: v for k, v in new.items() if k not in runs.TIMING_KEYS}
-        found = _differences(old, new, "", result.one_sided_keys)
-        if found and not result.first_difference:
-            key, was, now = found
-            result.first_difference = f"{where}: {key} {was!r} -> {now!r}"
-    if result.first_difference:
-        result.reason = (f"both diverged, the reference in {_where(divergences[0])}, the "
-                         f"retrained run in {_where(divergences[1])}")
+    _compare_records(result, ("where it diverged", *({k: v for k, v in d.items()
+                                                     if k not in _DIVERGENCE_IGNORED}
+                                                    for d in divergences)))
+    if result.verdict == DIFFERS:
+        result.reason = (f"both diverged, the reference in {runs.where_diverged(divergences[0])}, "
+                         f"the retrained run in {runs.where_diverged(divergences[1])}")
         return result
     layer = divergences[0].get("layer")
-    result.verdict = IDENTICAL
-    result.reason = (f"both diverged in {_where(divergences[0])}"
+    result.reason = (f"both diverged in {runs.where_diverged(divergences[0])}"
                      + (f", first at {layer}" if layer else "")
                      + "; every epoch record equal, bit for bit")
     return result

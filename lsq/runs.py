@@ -356,6 +356,20 @@ def read_diverged(run_dir: str | Path) -> dict | None:
         "train command again, which trains the run on from its checkpoint")
 
 
+def where_diverged(record: dict, *, layer: bool = False) -> str:
+    """Where a ``diverged.json`` record says its run diverged: "epoch 1, step 244", with
+    ", first non-finite output L" when ``layer`` and it names one. A missing step (the test
+    loss found it) is left out; NaN counts as missing (a DataFrame row)."""
+    def given(value):
+        return value is not None and value == value and value != ""
+    text = f"epoch {int(record['epoch'])}" if given(record.get("epoch")) else "epoch ?"
+    if given(record.get("step")):
+        text += f", step {int(record['step'])}"
+    if layer and given(record.get("layer")):
+        text += f", first non-finite output {record['layer']}"
+    return text
+
+
 def is_done(run_dir: str | Path) -> bool:
     return (Path(run_dir) / SUMMARY).exists()
 

@@ -64,10 +64,8 @@ def record_divergence(error: NonFiniteLossError, config: RunConfig, run_dir: Pat
 
 def diverged_before(run_dir: Path, record: dict) -> NonFiniteLossError:
     """The error for a run asked for again after it diverged: it is not retrained."""
-    step = f", step {record['step']}" if record.get("step") else ""
-    layer = f", first non-finite output {record['layer']}" if record.get("layer") else ""
     return NonFiniteLossError(
-        f"{run_dir} diverged in epoch {record.get('epoch')}{step}{layer} ({runs.DIVERGED}); "
+        f"{run_dir} diverged in {runs.where_diverged(record, layer=True)} ({runs.DIVERGED}); "
         f"not trained again: delete {run_dir / runs.DIVERGED} to train on from its checkpoint, "
         f"or delete {run_dir} to start over", epoch=record.get("epoch"), step=record.get("step"),
         layer=record.get("layer"))

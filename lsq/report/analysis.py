@@ -17,6 +17,7 @@ import math
 
 import pandas as pd
 
+from lsq import runs as run_format
 from lsq.experiments import (ABLATION_BASELINE_VALUES, ABLATION_ROWS, ABLATION_THRESHOLD,
                              ABLATIONS, PAPER_ABLATIONS, SEED_FACTORS, WITHIN, ablation_rows,
                              get_table)
@@ -160,14 +161,9 @@ def ablation_table(summaries: pd.DataFrame, in_progress: pd.DataFrame, factor: s
 
 
 def _where_diverged(diverged: pd.DataFrame, row: int, ablation: str) -> list[str]:
-    lines = []
     chosen = diverged[(diverged["row"] == row) & (diverged["ablation"] == ablation)]
-    for _, r in chosen.sort_values("seed").iterrows():
-        step = f", step {int(r['step'])}" if pd.notna(r["step"]) else ""
-        layer = (f", first non-finite output {r['layer']}"
-                 if isinstance(r["layer"], str) and r["layer"] else "")
-        lines.append(f"seed {r['seed']}: epoch {int(r['epoch'])}{step}{layer}")
-    return lines
+    return [f"seed {r['seed']}: {run_format.where_diverged(r, layer=True)}"
+            for _, r in chosen.sort_values("seed").iterrows()]
 
 
 def _diverged_text(record: pd.Series) -> str:

@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from lsq.experiments import get_table
 from lsq.report.analysis import ablated_rows, settings
 from lsq.report.collect import Runs
+from lsq.report.tables import diverged_count
 
 VIRIDIS, TAB10 = matplotlib.colormaps["viridis"], matplotlib.colormaps["tab10"]
 ROW_COLORS = {0: "#222222", 1: "#1f77b4", 2: "#ff7f0e", 3: "#2ca02c", 4: "#d62728"}
@@ -203,11 +204,10 @@ def ablation_final_accuracy(runs: Runs, factor: str) -> Figure:
     rows = ablated_rows(finals, factor)
     options = settings(factor)
     fig, axes = _figure(1, len(rows), size=(3.4 * len(rows), 3.2))
-    diverged = runs.diverged
     for ax, row in zip(axes[0], rows):
         for i, (name, value) in enumerate(options):
             values = finals[(finals["row"] == row) & (finals["ablation"] == name)]["final_top1"]
-            lost = int(((diverged["row"] == row) & (diverged["ablation"] == name)).sum())
+            lost = diverged_count(runs.diverged, row, name)
             if lost:  # no accuracy to draw: said where the bar would stand
                 ax.text(i, 0.02, f"{lost} diverged", rotation=90, ha="center", va="bottom",
                         fontsize=7, color="#b00020", transform=ax.get_xaxis_transform())
