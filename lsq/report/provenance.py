@@ -1,5 +1,5 @@
 """The sentences a page says about its runs: epochs, data, wall time, the published numbers it
-implies, and what ``make reproduce`` found."""
+implies, what ``make reproduce`` found, and which runs' compute is the page's own."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pandas as pd
 
 from lsq.experiments import get_table
 from lsq.report import run_tables, tables
+from lsq.report.collect import Runs
 
 
 def implied_note(dataset: str) -> str:
@@ -105,3 +106,23 @@ def wall_text(summaries: pd.DataFrame) -> str:
     total, median = run_tables.format_duration(wall.sum()), run_tables.format_duration(wall.median())
     return (f"{len(summaries)} finished runs, {total} in total ({wall.sum() / 3600:.3f} "
             f"device-hours), median {median} per run")
+
+
+def own_runs(runs: Runs) -> pd.DataFrame:
+    """The finished runs a page trained itself: without the float runs it takes from another
+    table (``Table.baseline_from``), whose compute that table's page counts."""
+    source = get_table(runs.dataset).baseline_from
+    summaries = runs.summaries
+    if source is None or summaries.empty:
+        return summaries
+    return summaries[~summaries["path"].str.startswith(f"{source}/")]
+
+
+def page_wall_text(runs: Runs) -> str:
+    own = own_runs(runs)
+    borrowed = len(runs.summaries) - len(own)
+    if not borrowed:
+        return wall_text(own)
+    source = get_table(runs.dataset).baseline_from
+    return (f"{wall_text(own)}; besides, the {borrowed} float run{'s' if borrowed != 1 else ''} "
+            f"of row 0, taken from the {source} table, whose page counts their compute")

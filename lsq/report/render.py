@@ -27,7 +27,8 @@ from lsq.report.collect import Runs, load_runs, profile_rank
 from lsq.report.html import TEMPLATES, environment
 from lsq.report.notebooks import notebook_body, pygments_css, run_notebooks
 from lsq.report.provenance import (REPRODUCTION, data_text, distinct, epochs_text, implied_note,
-                                   reproduction_text, short_epochs, wall_text)
+                                   own_runs, page_wall_text, reproduction_text, short_epochs,
+                                   wall_text)
 
 SYNTHETIC_BANNER = "SYNTHETIC DATA: numbers measure nothing about LSQ"
 DEPLOYED_NOTE = (
@@ -206,10 +207,11 @@ def _page(runs: Runs) -> Page:
         compute=run_tables.compute_totals(own_runs(runs)),
         shas=distinct(summaries["git_sha"]), torch_versions=distinct(summaries["torch_version"]),
         devices=distinct(summaries["device"]),
-        wall_text=_page_wall_text(runs),
+        wall_text=page_wall_text(runs),
         has_analysis=analysis.has_ablations(summaries, runs.in_progress, runs.diverged),
         problems=[p for p in runs.problems if p.startswith(f"{dataset}/{profile}/")],
         stand_in=tables.stand_in_note(dataset),
+        control_note=analysis.control_note(summaries),
         deployed=deployed.runs_table(deployments),
         audit=audit.audit_table(runs.root, dataset, summaries),
         convergence=convergence.last_epoch_changes(runs.epochs),
@@ -221,7 +223,6 @@ def _page(runs: Runs) -> Page:
                                                    f"{dataset}/{profile}")
         except (ValueError, KeyError, TypeError) as error:
             page.problems.append(f"{dataset}/{profile}/{REPRODUCTION}: unreadable ({error!r}), not shown")
-    page.control_note = analysis.control_note(summaries)
     if page.has_analysis:
         for factor, title in analysis.factors_for(dataset, summaries, runs.in_progress,
                                                   runs.diverged).items():
@@ -238,26 +239,6 @@ def _page(runs: Runs) -> Page:
                 section["drop_sentences"] = analysis.control_sentences(drops)
             page.analysis.append(section)
     return page
-
-
-def own_runs(runs: Runs) -> pd.DataFrame:
-    """The finished runs a page trained itself: without the float runs it takes from another
-    table (``Table.baseline_from``), whose compute that table's page counts."""
-    source = get_table(runs.dataset).baseline_from
-    summaries = runs.summaries
-    if source is None or summaries.empty:
-        return summaries
-    return summaries[~summaries["path"].str.startswith(f"{source}/")]
-
-
-def _page_wall_text(runs: Runs) -> str:
-    own = own_runs(runs)
-    borrowed = len(runs.summaries) - len(own)
-    if not borrowed:
-        return wall_text(own)
-    source = get_table(runs.dataset).baseline_from
-    return (f"{wall_text(own)}; besides, the {borrowed} float run{'s' if borrowed != 1 else ''} "
-            f"of row 0, taken from the {source} table, whose page counts their compute")
 
 
 def _draw_figures(page: Page, site: Path) -> None:
@@ -418,15 +399,15 @@ def _lead_figures(page: Page | None) -> list[FigureLink]:
 def _overview(pages: list[Page]) -> pd.DataFrame:
     rows = []
     for page in pages:
-        s = page.runs.summaries
+        s, own = page.runs.summaries, own_runs(page.runs)
         rows.append({
             "page": page.slug, "data": "synthetic" if page.synthetic else "real",
             "profile": page.profile, "epochs (float / quantized)": short_epochs(s),
-            "finished runs": str(len(own_runs(page.runs))),
+            "finished runs": str(len(own)),
             "in progress": str(len(page.runs.in_progress)),
             "diverged": str(len(page.runs.diverged)),
             "seeds": str(s["seed"].nunique()) if len(s) else "0",
-            "device-hours": f"{own_runs(page.runs)['wall_seconds'].sum() / 3600:.3f}",
+            "device-hours": f"{own['wall_seconds'].sum() / 3600:.3f}",
         })
     return pd.DataFrame(rows, columns=["page", "data", "profile", "epochs (float / quantized)",
                                        "finished runs", "in progress", "diverged", "seeds",
