@@ -1,4 +1,5 @@
-"""Running ``python -m lsq`` from the tests: the repository root and one subprocess helper."""
+"""Running ``python -m lsq`` from the tests: the repository root, a subprocess helper and an
+in-process one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,23 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(capsys, *argv: str, runs: Path) -> tuple[int, str, str]:
+    """``python -m lsq ARGV --runs-dir RUNS --no-progress`` in this process: (status, out, err)."""
+    from lsq.__main__ import main
+
+    try:
+        code = main([*argv, "--runs-dir", str(runs), "--no-progress"])
+    except SystemExit as exit_:  # argparse
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The ``error:`` lines the CLI printed."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
 def lsq_cli(*args, runs_dir: Path, env: dict | None = None, check: bool = True, **popen):

@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_helpers import cli, error_lines
 from report_fixtures import write_run
 
 from lsq import runs as runfmt
-from lsq.__main__ import main
 from lsq.report import analysis, run_tables, tables
 from lsq.report.collect import load_runs
 
@@ -25,31 +25,18 @@ SMALL = ["--dataset", "synthetic", "--profile", "smoke", "--set", "data.train_su
 NAN_LR = ["--epochs", "1", "--lr", "1e6"]  # the test loss is NaN after one epoch
 
 
-def cli(capsys, *argv: str, runs: Path) -> tuple[int, str, str]:
-    code = main([*argv, "--runs-dir", str(runs), "--no-progress"])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def run_dir(runs: Path) -> Path:
     return runs / "synthetic" / "smoke" / "row0" / "seed0"
-
-
-def errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
 # --- the engine --------------------------------------------------------------------------------
 
 
 def test_a_diverged_run_writes_diverged_json_with_where_and_provenance(tmp_path, capsys):
-    code, _, err = cli(capsys, "train", *SMALL, *NAN_LR, runs=tmp_path)
+    # Its one error line, and no NaN in any file: tests/test_faults.py, the same run.
+    code, _, _ = cli(capsys, "train", *SMALL, *NAN_LR, runs=tmp_path)
     directory = run_dir(tmp_path)
     assert code == 2
-    assert errors(err) == [
-        f"error: test loss is nan after epoch 1: the run diverged (lr 1e+06); recorded in "
-        f"{directory / 'diverged.json'} (the report shows the run as diverged); to train it "
-        f"again, delete {directory}, or use another --runs-dir with a lower --lr"]
     record = runfmt.read_diverged(directory)  # strict JSON: no NaN in it
     assert not runfmt.is_done(directory)
     assert (record["dataset"], record["row"], record["seed"], record["ablation"]) == (
@@ -80,7 +67,7 @@ def test_a_training_step_divergence_records_its_step_and_first_non_finite_layer(
     monkeypatch.setattr(recipe, "first_nonfinite_layer", lambda *_: "layer1.0.conv1")
     code, _, err = cli(capsys, "train", *SMALL, "--epochs", "2", runs=tmp_path)
     assert code == 2
-    assert errors(err)[0].startswith(
+    assert error_lines(err)[0].startswith(
         "error: non-finite loss in epoch 2 at step 3; first non-finite output: layer1.0.conv1")
     record = runfmt.read_diverged(run_dir(tmp_path))
     assert (record["epoch"], record["step"], record["layer"], record["found_in"]) == (
@@ -95,23 +82,23 @@ def test_a_diverged_run_is_not_trained_again_unless_its_record_is_deleted(tmp_pa
     before = {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
     code, _, err = cli(capsys, "train", *SMALL, *NAN_LR, runs=tmp_path)
     assert code == 2
-    assert errors(err) == [
+    assert error_lines(err) == [
         f"error: {directory} diverged in epoch 1 (diverged.json); not trained again: delete "
         f"{directory / 'diverged.json'} to train on from its checkpoint, or delete {directory} "
         "to start over"]
     assert {p.name: p.stat().st_mtime_ns for p in directory.iterdir()} == before
     # Another config in the same directory is refused as for any run, naming the key.
     code, _, err = cli(capsys, "train", *SMALL, "--epochs", "1", "--lr", "1e5", runs=tmp_path)
-    assert code == 2 and "optim.lr 1000000.0 → 100000.0" in errors(err)[0]
+    assert code == 2 and "optim.lr 1000000.0 → 100000.0" in error_lines(err)[0]
     (directory / "diverged.json").unlink()
     code, _, err = cli(capsys, "train", *SMALL, *NAN_LR, runs=tmp_path)
-    assert code == 2 and "recorded in" in errors(err)[0]  # trained again, diverged again
+    assert code == 2 and "recorded in" in error_lines(err)[0]  # trained again, diverged again
 
 
 def test_diverged_ok_exits_0_now_and_when_asked_again(tmp_path, capsys):
     for _ in range(2):
         code, out, err = cli(capsys, "train", *SMALL, *NAN_LR, "--diverged-ok", runs=tmp_path)
-        assert code == 0 and not errors(err)
+        assert code == 0 and not error_lines(err)
         assert [line for line in out.splitlines() if line.startswith("diverged: ")]
     assert runfmt.read_diverged(run_dir(tmp_path))["epoch"] == 1
 
@@ -121,7 +108,7 @@ def test_a_row_whose_baseline_diverged_says_so(tmp_path, capsys):
     quantized = [*SMALL[:-1], "1", "--epochs", "1"]  # row 1 of the same seed
     code, _, err = cli(capsys, "train", *quantized, runs=tmp_path)
     assert code == 2
-    assert errors(err) == [
+    assert error_lines(err) == [
         f"error: the float baseline of this row diverged ({run_dir(tmp_path) / 'diverged.json'}), "
         f"so this row has no weights to start from; delete {run_dir(tmp_path)} and train row 0 "
         "again with a lower --lr, or train this table into another --runs-dir"]
@@ -133,7 +120,7 @@ def test_a_row_whose_baseline_diverged_says_so(tmp_path, capsys):
 def test_diverged_ok_does_not_hide_other_errors(tmp_path, capsys):
     code, _, err = cli(capsys, "train", *SMALL, "--epochs", "1", "--diverged-ok",
                        "--set", "optim.momentum=2", runs=tmp_path)
-    assert code == 2 and len(errors(err)) == 1 and "diverged" not in errors(err)[0]
+    assert code == 2 and len(error_lines(err)) == 1 and "diverged" not in error_lines(err)[0]
 
 
 def test_an_unreadable_diverged_json_names_the_file_and_the_fix(tmp_path, capsys):
@@ -142,7 +129,7 @@ def test_an_unreadable_diverged_json_names_the_file_and_the_fix(tmp_path, capsys
     (directory / "diverged.json").write_text('{"epoch": 1, "step": NaN}')
     code, _, err = cli(capsys, "train", *SMALL, *NAN_LR, runs=tmp_path)
     assert code == 2
-    assert errors(err) == [
+    assert error_lines(err) == [
         f"error: {directory / 'diverged.json'} is unreadable (NaN is not strict JSON); restore it "
         "(git checkout, for a committed run) or delete it and run the same lsq train command "
         "again, which trains the run on from its checkpoint"]

@@ -26,7 +26,7 @@ from lsq import runlock
 from lsq import runs as runfmt
 from lsq.__main__ import main
 
-from cli_helpers import REPO, lsq_cli
+from cli_helpers import REPO, cli, lsq_cli
 
 SMALL = ["--dataset", "synthetic", "--profile", "smoke", "--set", "data.train_subset=128",
          "--set", "data.test_subset=64", "--batch-size", "32"]
@@ -54,16 +54,6 @@ def snapshot(root: Path) -> dict:
     touches a folder's mtime, not its contents)."""
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file()
             else None for p in root.rglob("*")}
-
-
-def cli(capsys, *argv: str, runs: Path) -> tuple[int, str, str]:
-    """``python -m lsq ARGV --runs-dir RUNS --no-progress`` in this process: (status, out, err)."""
-    try:
-        code = main([*argv, "--runs-dir", str(runs), "--no-progress"])
-    except SystemExit as exit_:  # argparse
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from cli_helpers import REPO, lsq_cli
+from cli_helpers import REPO, error_lines, lsq_cli
 from data_fixtures import write_fashion_mnist
 from report_fixtures import write_run
 
@@ -32,10 +32,6 @@ from lsq.report import run_tables, tables
 from lsq.report.collect import RunWarning, load_runs
 
 SYNTHETIC = ["train", "--dataset", "synthetic", "--row", "0"]
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
 def assert_one_error(status: int, stderr: str, message: str) -> None:
